@@ -1,0 +1,130 @@
+"""The content-addressed call cache.
+
+Key: SHA-256 of the canonical rendered request -- backend, model, model revision, messages,
+decoding params (temperature, top_p, max_tokens), seed and JSON schema -- serialised as
+sorted-key compact JSON. Concurrency, timeouts, retries, base URL and credentials are *not*
+in the key (NeMo DataDesigner's fingerprint rule): they change how a call is made, not what
+is asked, and leaving the base URL out lets a pulled cache replay from any host.
+
+Layout: one JSON file per entry, ``<root>/<key[:2]>/<key>.json``, holding the rendered
+request and the completion (text, finish reason, usage, latency, reported model id, parsed
+JSON). Each file is written to a temporary file in the same folder, fsynced and moved into
+place with ``os.replace`` (:mod:`librachem.atomic`), so concurrent writers and ``kill -9``
+leave either no entry or a complete one, never a torn one; two writers of one key write the
+same content and the last rename wins. Temporary files start with ``.tmp-`` and are never
+read (``clean_tmp`` removes leftovers). The folder can be tracked with ``dvc add .llm-cache``.
+
+Only final model outputs are stored (``stop``, ``length``, ``content_filter`` and
+``parse_error``); transport failures (retries exhausted, 4xx) are not, so a rerun tries again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from librachem.atomic import write_bytes
+from librachem.llm.base import ChatRequest, Completion
+
+log = logging.getLogger(__name__)
+
+#: Bump when the rendering below changes meaning; old entries then simply miss.
+KEY_VERSION = 1
+
+#: Finish reasons that are a model's answer (cacheable), as opposed to a failed call.
+CACHEABLE_FINISH = frozenset({"stop", "length", "content_filter", "parse_error"})
+
+
+def render_request(request: ChatRequest, *, backend: str, revision: str) -> dict[str, Any]:
+    """The canonical form of ``request`` that the cache key hashes (JSON-ready dict)."""
+    return {
+        "v": KEY_VERSION,
+        "backend": backend,
+        "model": request.model,
+        "revision": revision,
+        "messages": [{"role": m["role"], "content": m["content"]} for m in request.messages],
+        "temperature": float(request.temperature),
+        "top_p": float(request.top_p),
+        "max_tokens": int(request.max_tokens),
+        "seed": request.seed,
+        "json_schema": request.json_schema,
+    }
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def cache_key(request: ChatRequest, *, backend: str, revision: str) -> str:
+    """SHA-256 hex of the canonical rendered request (see module docstring)."""
+    return hashlib.sha256(_canonical(render_request(request, backend=backend,
+                                                    revision=revision))).hexdigest()
+
+
+def is_cacheable(completion: Completion) -> bool:
+    """True for a model's answer, False for a failed call (which a rerun should retry)."""
+    return completion.finish_reason in CACHEABLE_FINISH and completion.text is not None
+
+
+class CallCache:
+    """One-file-per-entry cache rooted at ``root`` (created on first write).
+
+    Raises nothing on a corrupt entry (impossible through this class, possible by hand):
+    it is logged and treated as a miss, and the next ``put`` replaces it.
+    """
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> Completion | None:
+        """The stored completion for ``key`` (with ``cached=True``), or ``None``."""
+        path = self.path(key)
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            data = json.loads(raw)["completion"]
+            data["cached"] = True
+            data["cache_key"] = key
+            return Completion(**data)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring unreadable cache entry %s (%s)", path, exc)
+            return None
+
+    def put(self, key: str, rendered: dict[str, Any], completion: Completion) -> None:
+        """Store ``completion`` under ``key`` atomically, with the rendered request."""
+        record = asdict(completion)
+        record["cached"] = False
+        record["cache_key"] = key
+        entry = {"key": key, "request": rendered, "completion": record}
+        write_bytes(self.path(key), _canonical(entry) + b"\n")
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.root.glob("??/*.json")) if self.root.is_dir() else 0
+
+    def clean_tmp(self, older_than_s: float = 3600.0) -> int:
+        """Delete temporary files left by killed writers; returns how many were removed."""
+        if not self.root.is_dir():
+            return 0
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for tmp in self.root.glob("??/.tmp-*"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed

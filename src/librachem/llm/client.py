@@ -1,0 +1,297 @@
+"""``make_client``: one entry point that picks a backend and wraps it in the call cache.
+
+Backends (a plain mapping from ``LLMParams.backend``, no plugin machinery):
+
+* ``fake``  -- :class:`librachem.llm.fake.FakeClient` with ``fake_script`` (``"pkg.mod:func"``)
+  or, by default, :func:`echo_script` (reply ``"echo: <last user message>"``).
+* ``local`` -- :class:`librachem.llm.local.LocalClient` (in-process transformers).
+* ``openai`` -- :class:`librachem.llm.openai_backend.OpenAIClient` (AsyncOpenAI).
+
+The returned :class:`CachedClient` answers ``complete(requests)`` in order (one
+:class:`Completion` per request, failures recorded, never dropped), serves repeated requests
+from the cache, sends identical requests in one batch only once, re-asks JSON-schema replies
+that do not validate (``json_retries`` times, then ``finish_reason="parse_error"``) and
+counts everything in :meth:`CachedClient.stats`. The backend is built lazily, on the first
+cache miss, so a full replay never loads a model or needs an API key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from librachem.errors import CacheMissError, ConfigError
+from librachem.llm.base import ChatRequest, Completion
+from librachem.llm.cache import CallCache, cache_key, is_cacheable, render_request
+from librachem.llm.config import LLMParams
+from librachem.llm.jsonreply import parse_json_reply, reask_request
+from librachem.llm.pricing import PriceTable, load_prices
+
+log = logging.getLogger(__name__)
+
+ResultCallback = Callable[[int, Completion], None]
+
+
+def echo_script(request: ChatRequest) -> str:
+    """Default fake reply: ``"echo: "`` + the last user message (deterministic)."""
+    users = [m["content"] for m in request.messages if m.get("role") == "user"]
+    return "echo: " + (users[-1] if users else "")
+
+
+def load_fake_script(spec: str) -> Callable[[ChatRequest], Any]:
+    """Import ``"package.module:function"``.
+
+    Raises:
+        ConfigError: the module or attribute does not exist or is not callable.
+    """
+    module_name, _, attr = spec.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"fake_script = {spec!r}: cannot import ({exc})") from exc
+    if not callable(func):
+        raise ConfigError(f"fake_script = {spec!r}: not callable")
+    return func
+
+
+STAT_KEYS = ("calls", "cache_hits", "cache_misses", "failures", "parse_failures", "reasks",
+             "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls", "latency_s")
+
+
+class CachedClient:
+    """Cache, de-duplication, JSON re-asks and accounting around one backend.
+
+    Args:
+        backend_factory: builds the backend on first need (see module docstring).
+        backend_name: ``openai`` / ``local`` / ``fake`` (part of the cache key).
+        revision: model revision (part of the cache key).
+        cache: a :class:`CallCache`, or ``None`` for no caching.
+        replay_only: raise :class:`CacheMissError` on any miss, before calling anything.
+        json_retries: re-asks for a reply that fails its JSON schema.
+        prices: price table; ``None`` means the backend costs nothing (local, fake).
+    """
+
+    def __init__(self, backend_factory: Callable[[], Any], *, backend_name: str, revision: str,
+                 cache: CallCache | None, replay_only: bool = False, json_retries: int = 2,
+                 prices: PriceTable | None = None) -> None:
+        if replay_only and cache is None:
+            raise ConfigError("replay-only mode needs a cache directory (--cache-dir)")
+        self._factory = backend_factory
+        self._backend: Any = None
+        self.backend_name = backend_name
+        self.revision = revision
+        self.cache = cache
+        self.replay_only = replay_only
+        self.json_retries = json_retries
+        self.prices = prices
+        self._stats: dict[str, float] = dict.fromkeys(STAT_KEYS, 0.0)
+        self._unpriced_models: set[str] = set()
+
+    @property
+    def backend(self) -> Any:
+        if self._backend is None:
+            self._backend = self._factory()
+        return self._backend
+
+    def key(self, request: ChatRequest) -> str:
+        """The cache key of ``request`` under this client's backend and revision."""
+        return cache_key(request, backend=self.backend_name, revision=self.revision)
+
+    def stats(self) -> dict[str, float]:
+        """Counters since construction: ``calls`` (requests answered), ``cache_hits``,
+        ``cache_misses`` (requests that needed the backend, after de-duplication counts as
+        one each), ``failures`` (completions with ``error``, incl. parse failures),
+        ``parse_failures``, ``reasks``, ``prompt_tokens``, ``completion_tokens`` (of fresh
+        calls, re-asks included), ``cost_usd`` (fresh calls to priced models only),
+        ``unpriced_calls`` (fresh calls to a model missing from the price table: their cost
+        is unknown and NOT in ``cost_usd``), ``latency_s`` (sum over fresh calls)."""
+        return dict(self._stats)
+
+    # ------------------------------------------------------------------ main entry
+    def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
+        """Answer ``requests`` in order.
+
+        Raises:
+            CacheMissError: replay-only mode and some request is not cached.
+            LLMError: a fatal backend error (missing key, quota exhausted, auth); completions
+                finished before it are already cached.
+        """
+        requests = list(requests)
+        keys = [self.key(r) for r in requests]
+        results: dict[str, Completion] = {}
+        misses: dict[str, ChatRequest] = {}
+        for key, req in zip(keys, requests):
+            if key in results or key in misses:
+                continue
+            hit = self.cache.get(key) if self.cache is not None else None
+            if hit is not None:
+                results[key] = hit
+            else:
+                misses[key] = req
+        if misses and self.replay_only:
+            first = next(iter(misses))
+            raise CacheMissError(
+                f"replay-only: {len(misses)} of {len(set(keys))} distinct requests are not in the "
+                f"call cache {self.cache.root if self.cache else None} (first missing key "
+                f"{first}, model {misses[first].model!r}, backend {self.backend_name!r}). "
+                "Pull the cache (`dvc pull .llm-cache`) or run without replay-only "
+                "(needs the backend, e.g. an API key).")
+        self._stats["cache_hits"] += sum(1 for k in keys if k in results)
+        if misses:
+            fresh = self._run_misses(list(misses.keys()), list(misses.values()))
+            results.update(fresh)
+        out = [results[k] for k in keys]
+        self._stats["calls"] += len(out)
+        self._stats["failures"] += sum(1 for c in out if not c.ok)
+        return out
+
+    # ------------------------------------------------------------------ internals
+    def _call_backend(self, reqs: list[ChatRequest],
+                      on_result: ResultCallback | None) -> list[Completion]:
+        backend = self.backend
+        if on_result is not None and getattr(backend, "streams_results", False):
+            return backend.complete(reqs, on_result=on_result)
+        out = backend.complete(reqs)
+        if len(out) != len(reqs):
+            raise RuntimeError(f"backend returned {len(out)} completions for {len(reqs)} requests")
+        if on_result is not None:
+            for i, c in enumerate(out):
+                on_result(i, c)
+        return out
+
+    def _store(self, key: str, req: ChatRequest, completion: Completion) -> Completion:
+        completion = replace(completion, cache_key=key, cached=False)
+        if self.cache is not None and is_cacheable(completion):
+            self.cache.put(key, render_request(req, backend=self.backend_name,
+                                               revision=self.revision), completion)
+        return completion
+
+    def _account(self, req: ChatRequest, c: Completion) -> None:
+        self._stats["prompt_tokens"] += c.prompt_tokens
+        self._stats["completion_tokens"] += c.completion_tokens
+        self._stats["latency_s"] += c.latency_s
+        if self.prices is None or (c.prompt_tokens == 0 and c.completion_tokens == 0):
+            return
+        cost = self.prices.cost(req.model, c.prompt_tokens, c.completion_tokens)
+        if cost is None:
+            self._stats["unpriced_calls"] += 1
+            if req.model not in self._unpriced_models:
+                self._unpriced_models.add(req.model)
+                log.warning("model %r is not in the price table; its cost is counted as "
+                            "unpriced_calls, not in cost_usd", req.model)
+        else:
+            self._stats["cost_usd"] += cost
+
+    def _run_misses(self, keys: list[str], reqs: list[ChatRequest]) -> dict[str, Completion]:
+        self._stats["cache_misses"] += len(reqs)
+        done: dict[str, Completion] = {}
+
+        def on_result(i: int, c: Completion) -> None:
+            self._account(reqs[i], c)
+            if reqs[i].json_schema is None:  # schema replies are stored after validation
+                done[keys[i]] = self._store(keys[i], reqs[i], c)
+
+        first = self._call_backend(reqs, on_result)
+        schema_idx = [i for i, r in enumerate(reqs) if r.json_schema is not None]
+        for i in schema_idx:
+            done[keys[i]] = self._validate(reqs[i], first[i])
+        if schema_idx:
+            self._reask_round(keys, reqs, schema_idx, done)
+        for i, k in enumerate(keys):  # backends without streaming already handled above
+            done.setdefault(k, self._store(k, reqs[i], first[i]))
+        return done
+
+    # JSON-schema handling ------------------------------------------------
+    @staticmethod
+    def _validate(req: ChatRequest, c: Completion) -> Completion:
+        """Parse one reply: ``parsed`` set when valid, else ``finish_reason="parse_error"``
+        with the reason in ``error`` (the raw text is kept)."""
+        if not c.ok or c.finish_reason == "content_filter":
+            return c
+        value, err = parse_json_reply(c.text, req.json_schema or {})
+        if err is None:
+            return replace(c, parsed=value)
+        return replace(c, finish_reason="parse_error", error=f"json: {err}")
+
+    def _reask_round(self, keys: list[str], reqs: list[ChatRequest], idx: list[int],
+                     done: dict[str, Completion]) -> None:
+        convo = {i: reqs[i] for i in idx}
+        for _ in range(self.json_retries):
+            bad = [i for i in idx if done[keys[i]].finish_reason == "parse_error"]
+            if not bad:
+                break
+            asks = [reask_request(convo[i], done[keys[i]].text, done[keys[i]].error or "")
+                    for i in bad]
+            self._stats["reasks"] += len(asks)
+            answers = self._call_backend(asks, None)
+            for i, ask, ans in zip(bad, asks, answers):
+                convo[i] = ask
+                self._account(reqs[i], ans)
+                prev = done[keys[i]]
+                merged = replace(ans, prompt_tokens=prev.prompt_tokens + ans.prompt_tokens,
+                                 completion_tokens=prev.completion_tokens + ans.completion_tokens,
+                                 latency_s=prev.latency_s + ans.latency_s)
+                if not ans.ok:  # transport failure during a re-ask: record it, stop asking
+                    done[keys[i]] = replace(merged, finish_reason="error")
+                    continue
+                done[keys[i]] = self._validate(reqs[i], merged)
+        for i in idx:
+            c = done[keys[i]]
+            if c.finish_reason == "parse_error":
+                self._stats["parse_failures"] += 1
+            done[keys[i]] = self._store(keys[i], reqs[i], c)
+
+
+def make_client(params: LLMParams, *, cache_dir: Path | None, replay_only: bool = False,
+                local_model_dir: Path | None = None) -> CachedClient:
+    """Build the client a stage uses.
+
+    Args:
+        params: the stage's LLM params block.
+        cache_dir: call-cache folder (``.llm-cache``), or ``None`` for no cache.
+        replay_only: fail with :class:`CacheMissError` on any cache miss.
+        local_model_dir: folder the alias ``smollm2-135m-instruct`` resolves to
+            (``models/base``), for the ``local`` backend.
+
+    Returns:
+        A :class:`CachedClient` with ``complete(requests)`` and ``stats()``.
+
+    Raises:
+        ConfigError: bad ``fake_script``, or the alias without a model folder (local backend).
+        LLMError: (openai, on first miss) the API key variable is not set.
+    """
+    cache = CallCache(cache_dir) if cache_dir is not None else None
+    backend = params.backend
+    prices: PriceTable | None = None
+    if backend == "fake":
+        script = load_fake_script(params.fake_script) if params.fake_script else echo_script
+        revision = params.revision or (params.fake_script or "echo")
+
+        def factory() -> Any:
+            from librachem.llm.fake import FakeClient
+            return FakeClient(script, model_id=f"fake:{params.model}")
+    elif backend == "local":
+        from librachem.llm.models import resolve_model
+        resolved = resolve_model(params.model, revision=params.revision,
+                                 local_model_dir=local_model_dir)
+        revision = resolved.revision
+
+        def factory() -> Any:
+            from librachem.llm.local import LocalClient
+            return LocalClient.from_pretrained(resolved.location, batch_size=params.batch_size,
+                                               model_id=params.model)
+    elif backend == "openai":
+        revision = params.revision or ""
+        prices = load_prices()
+
+        def factory() -> Any:
+            from librachem.llm.openai_backend import OpenAIClient
+            return OpenAIClient(params)
+    else:  # pragma: no cover - LLMParams validates the value
+        raise ConfigError(f"unknown backend {backend!r}")
+    return CachedClient(factory, backend_name=backend, revision=revision, cache=cache,
+                        replay_only=replay_only, json_retries=params.json_retries, prices=prices)

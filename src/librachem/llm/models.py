@@ -1,0 +1,75 @@
+"""Resolving a ``model`` value to something loadable, and its revision (cache-key part).
+
+* The alias ``smollm2-135m-instruct`` resolves to the folder the stage passes in
+  (``models/base/``, written by the ``base_model`` stage).
+* An existing local folder is used as is.
+* Anything else is treated as a Hugging Face hub id (loads offline only when already in the
+  local HF cache).
+
+The revision of a folder is read from its provenance file ``librachem_model.json`` (written
+by the ``base_model`` stage: the GGUF sha256); a folder without one is identified by the
+SHA-256 of its config and weight files. A hub id uses ``LLMParams.revision`` (or ``""``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from librachem.errors import ConfigError
+from librachem.llm.config import DEFAULT_MODEL_ALIAS
+
+#: Provenance file inside a converted model folder: {"revision": ..., "source": ..., ...}.
+PROVENANCE_FILE = "librachem_model.json"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """``location``: folder path or hub id to pass to ``from_pretrained``; ``revision``."""
+
+    location: str
+    revision: str
+
+
+def folder_revision(folder: Path) -> str:
+    """Revision of a local model folder (provenance file, else a hash of its files)."""
+    prov = folder / PROVENANCE_FILE
+    if prov.is_file():
+        try:
+            rev = json.loads(prov.read_text(encoding="utf-8"))["revision"]
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(f"{prov} is unreadable ({exc}); rerun `dvc repro base_model`") from exc
+        return str(rev)
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.iterdir()
+                   if p.is_file() and (p.suffix in {".safetensors", ".bin"} or p.name == "config.json"))
+    if not files:
+        raise ConfigError(f"{folder} holds no config.json or weights; not a model folder")
+    for p in files:
+        digest.update(p.name.encode())
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def resolve_model(model: str, *, revision: str | None, local_model_dir: Path | None) -> ResolvedModel:
+    """Map a params ``model`` value to a loadable location and its revision.
+
+    Raises:
+        ConfigError: the default alias is used but no existing ``local_model_dir`` was given.
+    """
+    if model == DEFAULT_MODEL_ALIAS:
+        if local_model_dir is None or not Path(local_model_dir).is_dir():
+            raise ConfigError(
+                f"model alias {DEFAULT_MODEL_ALIAS!r} needs the converted model folder "
+                f"(got {local_model_dir!s}); run `.venv/bin/dvc repro base_model` and pass "
+                "its output (models/base) to the stage")
+        folder = Path(local_model_dir)
+        return ResolvedModel(str(folder), revision or folder_revision(folder))
+    path = Path(model)
+    if path.is_dir():
+        return ResolvedModel(str(path), revision or folder_revision(path))
+    return ResolvedModel(model, revision or "")

@@ -1,0 +1,66 @@
+"""Token prices from the versioned table ``librachem/resources/prices.yaml``.
+
+Cost is never guessed: a model missing from the table has no price (``None``); callers count
+such calls as *unpriced* instead of adding a made-up number (or a NaN) to the cost.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from librachem.config import read_yaml
+from librachem.errors import ConfigError
+
+
+class Price(BaseModel):
+    """US dollars per one million input (prompt) and output (completion) tokens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    input_per_m: float = Field(ge=0)
+    output_per_m: float = Field(ge=0)
+
+
+class PriceTable(BaseModel):
+    """The whole price file: ``version``, ``as_of`` date, ``source``, ``currency``, ``models``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    version: int
+    as_of: str
+    source: str
+    currency: str = "USD"
+    models: dict[str, Price]
+
+    def price(self, model: str) -> Price | None:
+        """Exact-id lookup; ``None`` when the model is not in the table."""
+        return self.models.get(model)
+
+    def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Dollars for one call, or ``None`` when ``model`` has no price."""
+        p = self.price(model)
+        if p is None:
+            return None
+        return (prompt_tokens * p.input_per_m + completion_tokens * p.output_per_m) / 1e6
+
+
+_DEFAULT_NAME = "prices.yaml"
+
+
+def load_prices(path: Path | str | None = None) -> PriceTable:
+    """Load the price table (default: the packaged ``prices.yaml``).
+
+    Raises:
+        ConfigError: the file is unreadable or does not match :class:`PriceTable`.
+    """
+    if path is None:
+        ref = resources.files("librachem") / "resources" / _DEFAULT_NAME
+        with resources.as_file(ref) as p:
+            raw = read_yaml(p)
+    else:
+        raw = read_yaml(path)
+    try:
+        return PriceTable.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid price table {path or _DEFAULT_NAME}: {exc}") from None
