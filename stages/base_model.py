@@ -1,0 +1,27 @@
+"""DVC stage ``base_model``: convert the embedded SmolLM2 GGUF into ``models/base/``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from librachem.base_model import BaseModelParams, convert_base_model
+from librachem.config import load_section
+from librachem.stagecli import stage_main
+
+
+@click.command()
+@click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("params.yaml"), show_default=True, help="params file")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              default=Path("models/base"), show_default=True, help="output HF model folder")
+@stage_main
+def main(params_path: Path, out_dir: Path) -> None:
+    """Write the fp32 Hugging Face folder of SmolLM2-135M-Instruct (offline, ~20 s)."""
+    params = load_section(BaseModelParams, "base_model", params_path)
+    convert_base_model(params, out_dir)
+
+
+if __name__ == "__main__":
+    main()
