@@ -1,0 +1,56 @@
+"""The ``librachem`` console script: a Click group; modules add their own sub-commands.
+
+Sub-commands here are user tools that run outside the DVC pipeline (the stages live in
+``stages/``). To add one, define a Click command and register it with ``main.add_command``
+(or decorate it with ``@main.command``) in this module.
+
+Commands:
+    judge-refusals  add a boolean ``refused`` column to a CSV with the rule-tier refusal
+                    detector (:mod:`librachem.refusal`); offline, no model.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import click
+
+from librachem import __version__
+from librachem.stagecli import stage_main
+
+log = logging.getLogger(__name__)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="librachem")
+def main() -> None:
+    """LibraChem tools (the pipeline itself runs with `dvc repro`)."""
+
+
+@main.command("judge-refusals")
+@click.argument("input_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--text-column", required=True, help="Column holding the model responses.")
+@click.option("--out", "out_csv", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Output CSV: the input columns plus `refused` (and `refusal_label`).")
+@click.option("--with-label/--no-label", default=False, show_default=True,
+              help="Also add `refusal_label` (refusal|compliance|unsure).")
+@click.option("--patterns", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="A pattern YAML instead of the packaged one.")
+@stage_main
+def judge_refusals(input_csv: Path, text_column: str, out_csv: Path, with_label: bool,
+                   patterns: Path | None) -> None:
+    """Mark each row of INPUT_CSV as refused or not (rule tier only; works offline).
+
+    `refused` is true only for a confident refusal; empty cells and `unsure` verdicts are
+    false (use --with-label to see them). Prints counts and the pattern-set version.
+    """
+    from librachem.refusal_table import judge_csv
+
+    counts = judge_csv(input_csv, text_column, out_csv, with_label=with_label,
+                       patterns_path=patterns)
+    click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
