@@ -1,0 +1,168 @@
+"""The ``dpo`` stage: a DPO LoRA adapter on top of the SFT model, with TRL ``DPOTrainer``.
+
+Reference model = the SFT model = the policy with the DPO adapter disabled. We get it by merging
+the SFT adapter into the fp32 base weights in memory and training a fresh LoRA on that with
+``ref_model=None``: TRL then computes reference log-probs with the adapter disabled (stack notes,
+TRL 1.16). The official code instead loads the SFT adapter as the trainable one (old TRL); merging
+keeps the SFT weights fixed and the reference exact. :func:`librachem.adapters.load_aligned`
+rebuilds the same composition for inference.
+
+Paper defaults (``dpo_llama2.py``): beta 0.1, sigmoid loss, lr 5e-4 cosine, warmup 10, 60 steps,
+batch 1 x grad-accum 4, max length 1,024. Our embedded default keeps beta, loss and lr
+(5e-4 moves a 135M model in tens of steps) and is sized for 2 CPU cores (params.yaml).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from librachem.adapters import adapter_digest, has_adapter, load_sft_merged
+from librachem.atomic import write_json
+from librachem.chat_format import apply_format, assistant_turn, drop_unfit_rows, user_turn
+from librachem.errors import TrainingError
+from librachem.sft import gate_drops, is_main_process, run_check
+from librachem.training import (LiveCurves, TrainParams, base_identity, check_finite,
+                                lora_config, quantize_4bit, read_effective_config,
+                                read_train_rows, resolve_device, summarize, trl_common_args,
+                                write_effective_config, write_model_card)
+
+log = logging.getLogger(__name__)
+
+CURVE_KEYS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+              "rewards/accuracies", "learning_rate", "grad_norm", "logps/chosen",
+              "logps/rejected")
+
+LossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair",
+                   "sppo_hard", "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop",
+                   "sft", "sigmoid_norm"]
+
+
+class DpoParams(TrainParams):
+    """The ``dpo`` section: :class:`~librachem.training.TrainParams` plus the DPO loss.
+
+    ``loss_type`` is a list (TRL 1.16); ``loss_weights`` (same length, or null = all 1.0) mixes
+    them, e.g. ``[sigmoid, sft]`` with ``[1.0, 0.2]`` adds an SFT term on chosen (RPO-like).
+    ``precompute_ref_log_probs`` computes reference log-probs once before training.
+    """
+
+    learning_rate: float = Field(5e-4, gt=0, lt=1)
+    beta: float = Field(0.1, gt=0)
+    loss_type: list[LossType] = Field(default_factory=lambda: ["sigmoid"], min_length=1)
+    loss_weights: list[float] | None = None
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+    precompute_ref_log_probs: bool = False
+
+    @model_validator(mode="after")
+    def _weights(self) -> DpoParams:
+        if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
+            raise ValueError(f"loss_weights {self.loss_weights} needs one weight per loss_type "
+                             f"{self.loss_type}")
+        if "exo_pair" in self.loss_type and self.label_smoothing == 0:
+            raise ValueError("loss_type exo_pair needs label_smoothing > 0 (EXO paper: 1e-3)")
+        return self
+
+
+def train_dpo(params: DpoParams, table: Any, base_dir: Path, sft_dir: Path | None,
+              out_dir: Path, live_dir: Path, summary_path: Path | None = None) -> dict[str, Any]:
+    """Train the DPO LoRA adapter and write ``out_dir`` (and ``summary_path``).
+
+    Args:
+        params: the ``dpo`` section.
+        table: augmented triplets (pyarrow Table: prompt, chosen, rejected, split, ...).
+        base_dir: HF folder of the base model.
+        sft_dir: output of the ``sft`` stage (may hold no adapter when sft is disabled), or None.
+        out_dir: adapter folder (adapter safetensors + config, tokenizer, effective config
+            ``librachem_config.json``, ``template_check.json``, model card ``README.md``).
+        live_dir: DVCLive folder (curves: loss, rewards/*, learning_rate ...).
+        summary_path: ``metrics/train.json`` (flat numbers of the sft and dpo runs).
+
+    Returns:
+        The metrics summary written to ``summary_path``.
+
+    Raises:
+        DataError, QualityGateError, TrainingError (bad LoRA target, QLoRA without CUDA,
+        template check failure, non-finite loss, SFT/DPO format mismatch).
+    """
+    out_dir, live_dir = Path(out_dir), Path(live_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    is_main = is_main_process()
+    sft_record = read_effective_config(sft_dir) if has_adapter(sft_dir) else None
+    if sft_record is not None and sft_record["params"]["format"] != params.format:
+        raise TrainingError(f"dpo.format {params.format!r} differs from the SFT adapter's "
+                            f"{sft_record['params']['format']!r}; train both in one format")
+
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    device = resolve_device(params)
+    rows, counts = read_train_rows(table, max_rows=params.max_rows, seed=params.seed)
+    tokenizer = apply_format(AutoTokenizer.from_pretrained(base_dir), params.format)
+    rows, drops = drop_unfit_rows(rows, tokenizer, params.max_length, ["chosen", "rejected"])
+    gate_drops(drops, params.max_drop_rate)
+    dataset = Dataset.from_list([{"prompt": user_turn(r["prompt"]),
+                                  "chosen": assistant_turn(r["chosen"]),
+                                  "rejected": assistant_turn(r["rejected"])} for r in rows])
+
+    model = load_sft_merged(base_dir, sft_dir).train()
+    with tempfile.TemporaryDirectory() as work:
+        if params.qlora:
+            model = quantize_4bit(model, tokenizer, Path(work))
+        peft_config = lora_config(params.lora, model)
+        args = DPOConfig(**trl_common_args(params, Path(work) / "trainer", device),
+                         beta=params.beta, loss_type=list(params.loss_type),
+                         loss_weights=params.loss_weights, label_smoothing=params.label_smoothing,
+                         precompute_ref_log_probs=params.precompute_ref_log_probs)
+        history: list[dict[str, float]] = []
+        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset,
+                             processing_class=tokenizer, peft_config=peft_config,
+                             callbacks=[LiveCurves.make(live_dir, CURVE_KEYS, history, is_main)])
+        check = run_check(trainer, tokenizer, params, out_dir, drops, is_main)
+        result = trainer.train()
+    check_finite(history)
+    summary = {**summarize(history, CURVE_KEYS), "global_steps": result.global_step,
+               "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+               "device": device["device"], "template_check_sequences": check["sequences_checked"]}
+    record = {"stage": "dpo", "params": params.model_dump(mode="json"),
+              "inputs": {"base": base_identity(base_dir),
+                         "sft_dir": str(sft_dir) if sft_dir is not None else None,
+                         "sft_adapter_sha256": adapter_digest(sft_dir),
+                         "reference": "base + SFT merged (policy with the DPO adapter disabled)"},
+              "summary": summary, "data": {**counts, **drops.as_dict()}}
+    metrics = flat_metrics(summary, record["data"], sft_record)
+    if is_main:
+        trainer.model.save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+        write_effective_config(out_dir, record)
+        write_model_card(out_dir, title="DPO LoRA adapter (LibraChem alignment)", record=record)
+        if summary_path is not None:
+            write_json(summary_path, metrics)
+    log.info("dpo: %d steps, loss %s, reward accuracy %s", result.global_step,
+             summary.get("loss"), summary.get("rewards/accuracies"))
+    return metrics
+
+
+def flat_metrics(summary: dict[str, Any], data: dict[str, Any],
+                 sft_record: dict[str, Any] | None) -> dict[str, Any]:
+    """``metrics/train.json``: numbers only, grouped by stage (DVC metrics)."""
+    def last(s: dict[str, Any], key: str) -> float | None:
+        return s.get(key, {}).get("last") if isinstance(s.get(key), dict) else None
+
+    dpo = {"steps": summary["global_steps"], "runtime_s": summary["train_runtime_s"],
+           "loss_first": summary.get("loss", {}).get("first"), "loss_last": last(summary, "loss"),
+           "reward_accuracy_last": last(summary, "rewards/accuracies"),
+           "reward_margin_last": last(summary, "rewards/margins"),
+           "rows_used": data.get("rows_kept"), "rows_dropped": data.get("rows_in", 0)
+           - data.get("rows_kept", 0)}
+    out: dict[str, Any] = {"dpo": dpo}
+    if sft_record is not None:
+        s = sft_record.get("summary", {})
+        out["sft"] = {"steps": s.get("global_steps"), "runtime_s": s.get("train_runtime_s"),
+                      "loss_first": s.get("loss", {}).get("first"), "loss_last": last(s, "loss"),
+                      "rows_used": sft_record.get("data", {}).get("rows_kept")}
+    return out
