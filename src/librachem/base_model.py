@@ -138,6 +138,10 @@ def convert_base_model(params: BaseModelParams, out_dir: Path) -> dict[str, Any]
             "torch": torch.__version__,
         }
         write_json(tmp / PROVENANCE_FILE, provenance)
+        # mkdtemp/mkstemp create owner-only modes; the folder is a shared artefact.
+        tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
