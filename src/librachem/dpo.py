@@ -166,3 +166,12 @@ def flat_metrics(summary: dict[str, Any], data: dict[str, Any],
                       "loss_first": s.get("loss", {}).get("first"), "loss_last": last(s, "loss"),
                       "rows_used": sft_record.get("data", {}).get("rows_kept")}
     return out
+
+
+def run_dpo(params: DpoParams, data_dir: Path, base_dir: Path, sft_dir: Path | None,
+            out_dir: Path, live_dir: Path, summary_path: Path | None) -> dict[str, Any]:
+    """Stage entry: read the augmented shard set (manifest-checked) and :func:`train_dpo`."""
+    from librachem.training import read_triplets
+
+    return train_dpo(params, read_triplets(data_dir), base_dir, sft_dir, out_dir, live_dir,
+                     summary_path)

@@ -142,3 +142,12 @@ def train_sft(params: SftParams, table: Any, base_dir: Path, out_dir: Path,
         write_model_card(out_dir, title="SFT LoRA adapter (prompt + chosen)", record=record)
     log.info("sft: %d steps, loss %s", result.global_step, summary.get("loss"))
     return summary
+
+
+def run_sft(params: SftParams, data_dir: Path, base_dir: Path, out_dir: Path,
+            live_dir: Path) -> dict[str, Any]:
+    """Stage entry: read the augmented shard set (manifest-checked) and :func:`train_sft`."""
+    from librachem.training import read_triplets
+
+    table = read_triplets(data_dir) if params.enabled else None
+    return train_sft(params, table, base_dir, out_dir, live_dir)
