@@ -1,0 +1,273 @@
+"""``OpenAIClient``: any OpenAI-compatible chat-completions server through ``AsyncOpenAI``.
+
+* Bounded concurrency: at most ``LLMParams.concurrency`` requests in flight (a semaphore;
+  a request waiting out a backoff keeps its slot, which eases pressure on a limiting server).
+* The ``openai`` client's own retries are off (``max_retries=0``); tenacity retries
+  **429** (rate limit), **5xx**, timeouts, connection errors and malformed/empty 200
+  replies, ``max_retries`` times after the first attempt, waiting a full-jitter exponential
+  backoff (``backoff_initial_s`` .. ``backoff_max_s``) or, when the server sends
+  ``Retry-After`` / ``retry-after-ms``, that long (capped at ``retry_after_max_s``).
+  After the bound the request is recorded as failed (``finish_reason="error"``, reason in
+  ``error``), never dropped.
+* Fail at once, never retried: a 429 whose code/type is ``insufficient_quota`` and 401/403/404
+  raise :class:`~librachem.errors.LLMError` with the server's message (every further request
+  would fail the same way, so the stage stops; completions already finished have been handed
+  to ``on_result`` and cached). Other 4xx (400, 409, 413, 422, ...) concern one request: it is
+  recorded as failed with the server's message.
+* ``finish_reason`` ``length`` is kept (text, ``ok``); ``content_filter`` is recorded with
+  ``error="content_filter ..."`` (not ``ok``) and whatever text came back.
+* JSON schema: sent as ``response_format={"type": "json_schema", ...}`` (non-strict);
+  validation and re-asks happen in :class:`librachem.llm.client.CachedClient`.
+* The API key comes only from the environment variable named by ``api_key_env``; it is never
+  logged, cached or written anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from librachem.errors import LLMError
+from librachem.llm.base import ChatRequest, Completion
+from librachem.llm.config import LLMParams
+
+log = logging.getLogger(__name__)
+
+FATAL_STATUS = frozenset({401, 403, 404})
+
+
+class RetryableError(Exception):
+    """A failed attempt worth retrying; ``retry_after`` in seconds when the server said."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class RequestFailed(Exception):
+    """A request that must not be retried; recorded as a failed completion."""
+
+
+def parse_retry_after(headers: Any) -> float | None:
+    """Seconds from ``retry-after-ms`` / ``Retry-After`` (delta seconds or HTTP date)."""
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _server_message(exc: Any) -> str:
+    body = getattr(exc, "body", None)
+    if isinstance(body, dict) and body.get("message"):
+        return str(body["message"])
+    return str(getattr(exc, "message", exc))
+
+
+def classify_error(exc: BaseException) -> BaseException:
+    """Map an ``openai`` exception to :class:`RetryableError`, :class:`RequestFailed` or a
+    fatal :class:`LLMError` (returned, not raised)."""
+    import openai
+
+    if isinstance(exc, openai.APITimeoutError):
+        return RetryableError("timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return RetryableError(f"connection error: {exc}")
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        msg = _server_message(exc)
+        if status == 429:
+            if "insufficient_quota" in {getattr(exc, "code", None), getattr(exc, "type", None)}:
+                return LLMError(f"quota exhausted (HTTP 429 insufficient_quota): {msg}")
+            return RetryableError(f"HTTP 429: {msg}", parse_retry_after(exc.response.headers))
+        if status >= 500:
+            return RetryableError(f"HTTP {status}: {msg}", parse_retry_after(exc.response.headers))
+        if status in FATAL_STATUS:
+            return LLMError(f"HTTP {status} from the LLM server: {msg}")
+        return RequestFailed(f"HTTP {status}: {msg}")
+    if isinstance(exc, openai.APIResponseValidationError | ValueError):
+        return RetryableError(f"malformed response: {exc}")
+    return RequestFailed(f"{type(exc).__name__}: {exc}")
+
+
+class OpenAIClient:
+    """Batch client for an OpenAI-compatible server (see module docstring).
+
+    Raises:
+        LLMError: at construction when the API key variable is unset or empty.
+    """
+
+    streams_results = True
+
+    def __init__(self, params: LLMParams, *, progress: bool = True) -> None:
+        key = os.environ.get(params.api_key_env, "")
+        if not key:
+            raise LLMError(
+                f"the environment variable {params.api_key_env} is not set. Export your API key "
+                f"there (`export {params.api_key_env}=...`); for a local server without auth any "
+                "value works. Keys are read only from the environment, never from params.")
+        self._key = key
+        for name in ("httpx", "httpx2"):  # one INFO line per HTTP request drowns stage logs
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
+        self.params = params
+        self.progress = progress
+        self.attempts = 0  # total HTTP attempts (for tests and benchmarks)
+
+    def complete(self, requests: Sequence[ChatRequest],
+                 on_result: Callable[[int, Completion], None] | None = None) -> list[Completion]:
+        """Answer ``requests`` in order (runs its own event loop).
+
+        Raises:
+            LLMError: a fatal error (quota, auth, unknown model) -- see module docstring.
+        """
+        return asyncio.run(self._complete(list(requests), on_result))
+
+    async def _complete(self, requests: list[ChatRequest],
+                        on_result: Callable[[int, Completion], None] | None) -> list[Completion]:
+        import openai
+        from tqdm.auto import tqdm
+
+        out: list[Completion | None] = [None] * len(requests)
+        sem = asyncio.Semaphore(self.params.concurrency)
+        bar = tqdm(total=len(requests), desc=f"openai {self.params.model}", unit="req",
+                   disable=None if self.progress else True)
+        async with openai.AsyncOpenAI(api_key=self._key, base_url=self.params.base_url,
+                                      timeout=self.params.timeout_s, max_retries=0) as client:
+
+            async def one(i: int, req: ChatRequest) -> None:
+                async with sem:
+                    c = await self._with_retries(client, req)
+                out[i] = c
+                if on_result is not None:
+                    on_result(i, c)
+                bar.update(1)
+
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for i, req in enumerate(requests):
+                        tg.create_task(one(i, req))
+            except BaseExceptionGroup as group:
+                fatal = [e for e in _leaves(group) if isinstance(e, LLMError)]
+                raise (fatal[0] if fatal else group.exceptions[0]) from None
+            finally:
+                bar.close()
+        return [c for c in out if c is not None]
+
+    async def _with_retries(self, client: Any, req: ChatRequest) -> Completion:
+        from tenacity import (AsyncRetrying, RetryError, retry_if_exception_type,
+                              stop_after_attempt, wait_random_exponential)
+
+        p = self.params
+        jitter = wait_random_exponential(multiplier=p.backoff_initial_s, max=p.backoff_max_s)
+
+        def wait(state: Any) -> float:
+            exc = state.outcome.exception() if state.outcome else None
+            if isinstance(exc, RetryableError) and exc.retry_after is not None:
+                return min(exc.retry_after, p.retry_after_max_s)
+            return jitter(state)
+
+        start = time.perf_counter()
+        attempts = 0
+        try:
+            async for attempt in AsyncRetrying(retry=retry_if_exception_type(RetryableError),
+                                               stop=stop_after_attempt(p.max_retries + 1),
+                                               wait=wait, reraise=False):
+                with attempt:
+                    attempts += 1
+                    c = await self._attempt(client, req)
+            return _with_latency(c, time.perf_counter() - start)
+        except RetryError as exc:
+            last = exc.last_attempt.exception()
+            reason = getattr(last, "reason", str(last))
+            return Completion(text=None, finish_reason="error", model_id=p.model,
+                              latency_s=time.perf_counter() - start,
+                              error=f"gave up after {attempts} attempts: {reason}")
+        except RequestFailed as exc:
+            return Completion(text=None, finish_reason="error", model_id=p.model,
+                              latency_s=time.perf_counter() - start, error=str(exc))
+
+    async def _attempt(self, client: Any, req: ChatRequest) -> Completion:
+        import openai
+
+        kwargs: dict[str, Any] = dict(model=req.model, messages=list(req.messages),
+                                      temperature=req.temperature, top_p=req.top_p,
+                                      max_tokens=req.max_tokens)
+        if req.seed is not None:
+            kwargs["seed"] = req.seed
+        if req.json_schema is not None:
+            kwargs["response_format"] = {"type": "json_schema", "json_schema": {
+                "name": "reply", "schema": req.json_schema, "strict": False}}
+        self.attempts += 1
+        try:
+            resp = await client.chat.completions.create(**kwargs)
+        except openai.OpenAIError as exc:
+            mapped = classify_error(exc)
+            raise mapped from None
+        except ValueError as exc:  # JSON body that does not decode
+            raise RetryableError(f"malformed response: {exc}") from None
+        return parse_response(resp, req)
+
+
+def parse_response(resp: Any, req: ChatRequest) -> Completion:
+    """Turn a chat-completions response into a :class:`Completion`.
+
+    Raises:
+        RetryableError: the response is not a usable completion (no choices, not an object,
+            empty content with finish reason ``stop``).
+    """
+    try:
+        choice = resp.choices[0]
+        text = choice.message.content
+        finish = choice.finish_reason or "stop"
+    except (AttributeError, IndexError, TypeError) as exc:
+        raise RetryableError(f"malformed response ({type(exc).__name__}: {exc})") from None
+    usage = getattr(resp, "usage", None)
+    prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+    completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+    model_id = str(getattr(resp, "model", "") or req.model)
+    if finish == "content_filter":
+        return Completion(text=text or "", finish_reason="content_filter",
+                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                          model_id=model_id,
+                          error="content_filter: the provider's filter stopped the reply")
+    if not text:
+        raise RetryableError(f"empty content (finish_reason {finish})")
+    if finish not in {"stop", "length"}:
+        finish = "stop" if finish in {"eos", "end_turn", "tool_calls"} else finish
+    return Completion(text=text, finish_reason=finish, prompt_tokens=prompt_tokens,
+                      completion_tokens=completion_tokens, model_id=model_id)
+
+
+def _with_latency(c: Completion, latency: float) -> Completion:
+    from dataclasses import replace
+
+    return replace(c, latency_s=latency)
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for e in group.exceptions:
+        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
+    return out

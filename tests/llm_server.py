@@ -1,0 +1,233 @@
+"""A small OpenAI-compatible chat-completions server with scripted faults, for tests/benches.
+
+Why not llm-katan: its echo backend injects random 500s, fixed latency, 429/504 after N
+requests and an in-flight cap, but no ``Retry-After`` header, malformed JSON, empty content,
+``content_filter`` or per-request scripted faults, which the fault-injection tests need.
+
+Run: ``python -m tests.llm_server --port 8765 [--latency-ms 100]`` (uvicorn, 127.0.0.1).
+
+Behaviour is chosen per request by tags in the *first* user message; attempts are counted per
+first-user-message, so "fail the first N attempts, then succeed" is scriptable:
+
+* ``[429xN]`` / ``[429xN:ra=S]``: HTTP 429 (with ``Retry-After: S``) for the first N attempts
+* ``[500xN]``: HTTP 500 for the first N attempts
+* ``[slowxN:S]``: sleep S seconds before answering, for the first N attempts
+* ``[badjsonxN]``: a 200 whose body is not valid JSON, first N attempts
+* ``[emptyxN]``: a 200 with empty content, first N attempts
+* ``[filter]``: ``finish_reason="content_filter"``, empty content
+* ``[length]``: ``finish_reason="length"``
+* ``[quota]``: 429 ``insufficient_quota``;  ``[400]``: 400 bad request;  ``[401]``: 401
+* ``REPLIES:a||b||c``: reply ``a`` to the first turn, ``b`` to the first re-ask, ...
+* otherwise: ``"echo: <last user message>"``
+
+``GET /stats`` returns ``{"requests": total, "by_prompt": {first_user_message: attempts}}``;
+``POST /reset`` clears the counters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+from collections import Counter
+from typing import Any
+
+_TAG = re.compile(r"\[(429|500|slow|badjson|empty)x(\d+)(?::([^\]]+))?\]")
+
+
+class FaultServer:
+    """ASGI app; ``latency_s`` is added to every successful reply."""
+
+    def __init__(self, latency_s: float = 0.0) -> None:
+        self.latency_s = latency_s
+        self.counts: Counter[str] = Counter()
+        self.total = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                msg = await receive()
+                if msg["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif msg["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        body = b""
+        while True:
+            msg = await receive()
+            body += msg.get("body", b"")
+            if not msg.get("more_body"):
+                break
+        path, method = scope["path"], scope["method"]
+        if path == "/stats":
+            await _send(send, 200, {"requests": self.total, "by_prompt": dict(self.counts)})
+        elif path == "/reset" and method == "POST":
+            self.counts.clear()
+            self.total = 0
+            await _send(send, 200, {"ok": True})
+        elif path.endswith("/chat/completions") and method == "POST":
+            await self.chat(json.loads(body), send)
+        else:
+            await _send(send, 404, {"error": {"message": f"no route {path}"}})
+
+    async def chat(self, req: dict[str, Any], send: Any) -> None:
+        messages = req["messages"]
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        first, last = users[0], users[-1]
+        self.total += 1
+        self.counts[first] += 1
+        attempt = self.counts[first]
+        for kind, n, arg in _TAG.findall(first):
+            if attempt > int(n):
+                continue
+            if kind == "429":
+                ra = arg.split("=", 1)[1] if arg.startswith("ra=") else None
+                await _send(send, 429, _err("rate limit exceeded", "rate_limit_exceeded"),
+                            [(b"retry-after", ra.encode())] if ra else [])
+                return
+            if kind == "500":
+                await _send(send, 500, _err("internal server error", "server_error"))
+                return
+            if kind == "slow":
+                await asyncio.sleep(float(arg))
+            if kind == "badjson":
+                await _send_raw(send, 200, b'{"id": "x", "choices": [', b"application/json")
+                return
+            if kind == "empty":
+                await _send(send, 200, _reply(req, "", "stop"))
+                return
+        if "[quota]" in first:
+            await _send(send, 429, _err("You exceeded your current quota.", "insufficient_quota"))
+            return
+        if "[400]" in first:
+            await _send(send, 400, _err("bad request: max_tokens too large", "invalid_request"))
+            return
+        if "[401]" in first:
+            await _send(send, 401, _err("Incorrect API key provided.", "invalid_api_key"))
+            return
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        if "[filter]" in first:
+            await _send(send, 200, _reply(req, None, "content_filter"))
+            return
+        finish = "length" if "[length]" in first else "stop"
+        if first.startswith("REPLIES:"):
+            replies = first[len("REPLIES:"):].split("||")
+            text = replies[min(len(users) - 1, len(replies) - 1)]
+        else:
+            text = "echo: " + last
+        await _send(send, 200, _reply(req, text, finish))
+
+
+def _err(message: str, code: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": code, "code": code, "param": None}}
+
+
+def _reply(req: dict[str, Any], text: str | None, finish: str) -> dict[str, Any]:
+    prompt_tokens = sum(len(str(m["content"]).split()) for m in req["messages"])
+    return {
+        "id": "chatcmpl-test", "object": "chat.completion", "created": 0,
+        "model": f"{req['model']}-served",
+        "choices": [{"index": 0, "finish_reason": finish,
+                     "message": {"role": "assistant", "content": text}}],
+        "usage": {"prompt_tokens": prompt_tokens,
+                  "completion_tokens": len((text or "").split()),
+                  "total_tokens": prompt_tokens + len((text or "").split())},
+    }
+
+
+async def _send(send: Any, status: int, obj: Any,
+                headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await _send_raw(send, status, json.dumps(obj).encode(), b"application/json", headers)
+
+
+async def _send_raw(send: Any, status: int, body: bytes, ctype: bytes,
+                    headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", ctype),
+                            (b"content-length", str(len(body)).encode()), *(headers or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def free_port() -> int:
+    """An unused TCP port on 127.0.0.1 (tiny race window; fine for tests)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class RunningServer:
+    """Context manager: start this server in a subprocess, wait until it answers.
+
+    ``base_url`` is the ``/v1`` URL for ``openai``; ``stats()`` / ``reset()`` talk to it.
+    """
+
+    def __init__(self, latency_ms: float = 0.0) -> None:
+        self.latency_ms = latency_ms
+        self.port = free_port()
+        self.root = f"http://127.0.0.1:{self.port}"
+        self.base_url = self.root + "/v1"
+        self.proc: Any = None
+
+    def __enter__(self) -> RunningServer:
+        import subprocess
+        import sys
+        import time
+        from pathlib import Path
+
+        repo = Path(__file__).resolve().parents[1]
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.llm_server", "--port", str(self.port),
+             "--latency-ms", str(self.latency_ms)], cwd=repo)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"test LLM server exited with {self.proc.returncode}")
+            try:
+                self.stats()
+                return self
+            except OSError:
+                time.sleep(0.1)
+        self.__exit__(None, None, None)
+        raise RuntimeError("test LLM server did not start within 30 s")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except Exception:  # noqa: BLE001 - make sure it is gone
+                self.proc.kill()
+                self.proc.wait()
+
+    def _get(self, path: str, method: str = "GET") -> Any:
+        import urllib.request
+
+        req = urllib.request.Request(self.root + path, method=method,
+                                     data=b"" if method == "POST" else None)
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def stats(self) -> dict[str, Any]:
+        return self._get("/stats")
+
+    def reset(self) -> None:
+        self._get("/reset", "POST")
+
+
+def main() -> None:
+    import uvicorn
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--latency-ms", type=float, default=0.0)
+    args = ap.parse_args()
+    uvicorn.run(FaultServer(args.latency_ms / 1000.0), host="127.0.0.1", port=args.port,
+                log_level="warning", access_log=False, backlog=4096)
+
+
+if __name__ == "__main__":
+    main()
