@@ -1,0 +1,107 @@
+"""Prompt formats and the pre-training template check, on crafted token sequences."""
+
+import pytest
+import torch
+
+from librachem.chat_format import (QA_TEMPLATE, apply_format, check_batches, check_sequence,
+                                   drop_unfit_rows, render_prompt)
+from librachem.errors import TrainingError
+from tests.tiny_model import tiny_tokenizer
+
+BOS, EOS, NL = 1, 2, 198  # SmolLM2: <|im_start|>, <|im_end|> (= pad), "\n"
+
+
+def _seq(prompt, completion):
+    return prompt + completion, [0] * len(prompt) + [1] * len(completion)
+
+
+def test_clean_chatml_sequence_passes():
+    ids, mask = _seq([BOS, 50, 51, EOS, NL, BOS, 60, NL], [70, 71, EOS, NL])
+    assert check_sequence(ids, mask, bos_id=BOS, eos_id=EOS, max_length=64) == []
+
+
+def test_doubled_eos_is_caught():
+    ids, mask = _seq([BOS, 50, EOS, NL, BOS, 60, NL], [70, 71, EOS, EOS, NL])
+    assert "doubled_eos" in check_sequence(ids, mask, bos_id=BOS, eos_id=EOS, max_length=64)
+
+
+def test_doubled_bos_is_caught():
+    ids, mask = _seq([BOS, BOS, 50, 51], [70, EOS])
+    assert check_sequence(ids, mask, bos_id=BOS, eos_id=EOS, max_length=64) == ["doubled_bos"]
+
+
+def test_masked_final_eos_is_caught():
+    # The classic pad = eos mistake: labels[input_ids == pad_id] = -100 also hides the real EOS.
+    ids, mask = _seq([BOS, 50, 51], [70, 71, EOS])
+    mask[-1] = 0
+    assert check_sequence(ids, mask, bos_id=BOS, eos_id=EOS, max_length=64) == ["masked_eos"]
+
+
+def test_missing_eos_vs_truncated():
+    ids, mask = _seq([BOS, 50], [70, 71])
+    assert check_sequence(ids, mask, bos_id=BOS, eos_id=EOS, max_length=64) == ["missing_eos"]
+    assert check_sequence(ids, mask, bos_id=BOS, eos_id=EOS,
+                          max_length=4) == ["truncated_by_max_length"]
+
+
+def test_empty_completion_is_caught():
+    ids, mask = _seq([BOS, 50, 51], [])
+    assert check_sequence(ids, mask, bos_id=BOS, eos_id=EOS, max_length=64) == ["empty_completion"]
+
+
+def test_check_batches_on_pad_eq_eos_labels():
+    """A collator that masks labels where input_ids == pad_id (pad = eos) fails the check;
+    TRL-style labels pass. Padding is stripped with attention_mask."""
+    tok = tiny_tokenizer()
+    rows = [[BOS, 50, 51, 70, EOS], [BOS, 50, 80, 81, 82, EOS]]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    att = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    good = ids.clone()
+    good[:, :2] = -100
+    good[att == 0] = -100
+    report = check_batches([{"input_ids": ids, "attention_mask": att, "labels": good}], tok,
+                           max_length=64)
+    assert report.ok and report.sequences == 2
+    bad = good.masked_fill(ids == tok.pad_token_id, -100)
+    report = check_batches([{"input_ids": ids, "attention_mask": att, "labels": bad}], tok,
+                           max_length=64)
+    assert not report.ok and report.counts["masked_eos"] == 2
+    assert report.as_dict()["examples"]["masked_eos"]
+
+
+def test_question_answer_format_matches_paper_and_is_a_prefix():
+    tok = apply_format(tiny_tokenizer(), "question_answer")
+    assert tok.chat_template == QA_TEMPLATE
+    prompt = render_prompt(tok, "How is aspirin made?")
+    assert prompt == "Question: How is aspirin made?\n\nAnswer:"
+    full = tok.apply_chat_template(
+        [{"role": "user", "content": "How is aspirin made?"},
+         {"role": "assistant", "content": "Acetylate salicylic acid."}], tokenize=False)
+    assert full == prompt + " Acetylate salicylic acid." + tok.eos_token
+    p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    f_ids = tok(full, add_special_tokens=False)["input_ids"]
+    assert f_ids[: len(p_ids)] == p_ids  # inference prompt tokens = training prompt tokens
+    with pytest.raises(Exception, match="no system role"):
+        tok.apply_chat_template([{"role": "system", "content": "x"}], tokenize=False)
+
+
+def test_chat_format_uses_model_template():
+    tok = apply_format(tiny_tokenizer(), "chat")
+    assert render_prompt(tok, "hi").endswith("<|im_start|>user\nhi<|im_end|>\n"
+                                              "<|im_start|>assistant\n")
+    bare = tiny_tokenizer()
+    bare.chat_template = None
+    with pytest.raises(TrainingError, match="chat template"):
+        apply_format(bare, "chat")
+
+
+def test_drop_unfit_rows_counts_each_reason():
+    tok = apply_format(tiny_tokenizer(), "chat")
+    rows = [{"prompt": "short", "chosen": "ok", "rejected": "no"},
+            {"prompt": "short", "chosen": "  ", "rejected": "no"},
+            {"prompt": "word " * 200, "chosen": "ok", "rejected": "no"}]
+    kept, counts = drop_unfit_rows(rows, tok, 64, ["chosen", "rejected"])
+    assert kept == rows[:1]
+    assert counts.as_dict() == {"rows_in": 3, "rows_kept": 1, "dropped_empty_completion": 1,
+                                "dropped_prompt_fills_max_length": 1}

@@ -1,0 +1,151 @@
+"""SFT + DPO on a tiny random Llama (2 layers, hidden 64, SmolLM2 tokenizer): real TRL runs of a
+few steps. One module fixture trains both adapters; the tests inspect what it captured."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from librachem.adapters import load_aligned, load_sft_merged
+from librachem.dpo import DpoParams, train_dpo
+from librachem.errors import TrainingError
+from librachem.sft import SftParams, train_sft
+from tests.tiny_model import save_tiny_base
+from tests.triplets import triplet_table
+
+pytestmark = pytest.mark.slow
+
+SMALL = dict(max_steps=3, batch_size=4, max_length=96, check_sample=8,
+             lora={"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+IDS = torch.tensor([[1, 9690, 198, 2683, 359, 253, 5356, 2, 198, 1, 4093, 198, 1589, 314]])
+
+
+def _capture(monkeypatch, cls, store):
+    """Wrap cls.train to keep the trainer and a copy of its frozen weights before training."""
+    original = cls.train
+
+    def train(self, *args, **kwargs):
+        frozen = {n: p.detach().clone() for n, p in self.model.named_parameters()
+                  if not p.requires_grad}
+        lora = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        store.update(trainer=self, frozen=frozen, lora=lora)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "train", train)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from trl import DPOTrainer, SFTTrainer
+
+    root = tmp_path_factory.mktemp("train")
+    base = save_tiny_base(root / "base", seed=1)
+    table = triplet_table()
+    mp = pytest.MonkeyPatch()
+    sft, dpo = {}, {}
+    try:
+        _capture(mp, SFTTrainer, sft)
+        _capture(mp, DPOTrainer, dpo)
+        sft["summary"] = train_sft(SftParams(learning_rate=1e-2, **SMALL), table, base,
+                                   root / "sft", root / "live_sft")
+        dpo["summary"] = train_dpo(DpoParams(learning_rate=1e-2, **SMALL), table, base,
+                                   root / "sft", root / "dpo", root / "live_dpo",
+                                   root / "train.json")
+    finally:
+        mp.undo()
+    return {"root": root, "base": base, "sft": sft, "dpo": dpo}
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_adapter_weights_change_base_weights_do_not(trained, stage):
+    run = trained[stage]
+    model = run["trainer"].model
+    params = dict(model.named_parameters())
+    assert run["lora"] and all("lora_" in n for n in run["lora"])
+    changed = [n for n, before in run["lora"].items() if not torch.equal(params[n], before)]
+    assert changed, "no LoRA weight moved"
+    assert all(torch.equal(params[n], before) for n, before in run["frozen"].items())
+
+
+def test_first_dpo_loss_is_ln2_and_losses_finite(trained):
+    summary = json.loads((trained["root"] / "train.json").read_text())
+    assert summary["dpo"]["loss_first"] == pytest.approx(math.log(2), abs=1e-4)
+    losses = (trained["root"] / "live_dpo" / "plots" / "metrics" / "loss.tsv").read_text()
+    values = [float(line.split("\t")[-1]) for line in losses.splitlines()[1:]]
+    assert len(values) == 3 and all(math.isfinite(v) for v in values)
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
+                "learning_rate"):
+        assert (trained["root"] / "live_dpo" / "plots" / "metrics" / f"{key}.tsv").is_file()
+    assert math.isfinite(summary["sft"]["loss_last"])
+
+
+def test_outputs_carry_config_card_and_template_report(trained):
+    out = trained["root"] / "dpo"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "tokenizer.json",
+                 "librachem_config.json", "README.md", "template_check.json"):
+        assert (out / name).is_file(), name
+    record = json.loads((out / "librachem_config.json").read_text())
+    assert record["params"]["beta"] == 0.1 and record["versions"]["trl"]
+    assert record["data"]["rows_used_by_class"] == {"illegitimate": 12, "legitimate": 12}
+    assert json.loads((out / "template_check.json").read_text())["ok"] is True
+    assert "rows_used" in (out / "README.md").read_text()
+
+
+def test_save_reload_gives_identical_logits(trained):
+    live = trained["dpo"]["trainer"].model.eval()
+    with torch.no_grad():
+        expected = live(IDS).logits
+        root = trained["root"]
+        model, _ = load_aligned(root / "base", root / "sft", root / "dpo", merge=False)
+        assert torch.equal(model(IDS).logits, expected)
+        merged, _ = load_aligned(root / "base", root / "sft", root / "dpo")
+        assert torch.allclose(merged(IDS).logits, expected, atol=1e-5)
+
+
+def test_composition_equals_manual_adapter_sum(trained):
+    """load_aligned == base weights + (alpha/r) B_sft A_sft + (alpha/r) B_dpo A_dpo."""
+    from safetensors.torch import load_file
+
+    root = trained["root"]
+    manual = load_sft_merged(root / "base", None)
+    weights = dict(manual.named_parameters())
+    scale = SMALL["lora"]["alpha"] / SMALL["lora"]["r"]
+    with torch.no_grad():
+        for stage in ("sft", "dpo"):
+            adapter = load_file(str(root / stage / "adapter_model.safetensors"))
+            a_keys = [k for k in adapter if k.endswith("lora_A.weight")]
+            assert len(a_keys) == 4  # q_proj and v_proj of 2 layers
+            for a_key in a_keys:
+                b = adapter[a_key.replace("lora_A", "lora_B")]
+                target = a_key.removeprefix("base_model.model.").replace(".lora_A.weight",
+                                                                          ".weight")
+                weights[target] += scale * b @ adapter[a_key]
+        aligned, _ = load_aligned(root / "base", root / "sft", root / "dpo")
+        assert torch.allclose(aligned(IDS).logits, manual(IDS).logits, atol=1e-5)
+        sft_only = load_sft_merged(root / "base", root / "sft")
+        assert not torch.allclose(aligned(IDS).logits, sft_only(IDS).logits, atol=1e-5)
+
+
+def test_load_aligned_refuses_wrong_sft(trained):
+    root = trained["root"]
+    with pytest.raises(TrainingError, match="trained on top of SFT adapter"):
+        load_aligned(root / "base", None, root / "dpo")
+
+
+def test_dpo_from_base_when_sft_disabled(tmp_path):
+    base = save_tiny_base(tmp_path / "base", seed=2)
+    table = triplet_table(pairs=4)
+    train_sft(SftParams(enabled=False, **SMALL), table, base, tmp_path / "sft", tmp_path / "ls")
+    assert not (tmp_path / "sft" / "adapter_config.json").exists()
+    params = DpoParams(precompute_ref_log_probs=True, format="question_answer",
+                       **{**SMALL, "max_steps": 1})
+    metrics = train_dpo(params, table, base, tmp_path / "sft", tmp_path / "dpo",
+                        tmp_path / "ld", None)
+    assert "sft" not in metrics and metrics["dpo"]["steps"] == 1
+    assert metrics["dpo"]["loss_first"] == pytest.approx(math.log(2), abs=1e-4)
+    model, tok = load_aligned(base, tmp_path / "sft", tmp_path / "dpo")
+    assert tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False,
+                                   add_generation_prompt=True) == "Question: q\n\nAnswer:"
