@@ -201,8 +201,9 @@ class CachedClient:
             done[keys[i]] = self._validate(reqs[i], first[i])
         if schema_idx:
             self._reask_round(keys, reqs, schema_idx, done)
-        for i, k in enumerate(keys):  # backends without streaming already handled above
-            done.setdefault(k, self._store(k, reqs[i], first[i]))
+        for i, k in enumerate(keys):  # safety net: every request gets an outcome
+            if k not in done:
+                done[k] = self._store(k, reqs[i], first[i])
         return done
 
     # JSON-schema handling ------------------------------------------------

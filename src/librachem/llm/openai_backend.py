@@ -78,6 +78,14 @@ def parse_retry_after(headers: Any) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def backoff_seconds(exc: BaseException | None, jittered: float, retry_after_max_s: float) -> float:
+    """Wait before the next attempt: the server's ``Retry-After`` (capped at
+    ``retry_after_max_s``) when it sent one, else the jittered exponential value."""
+    if isinstance(exc, RetryableError) and exc.retry_after is not None:
+        return min(exc.retry_after, retry_after_max_s)
+    return jittered
+
+
 def _server_message(exc: Any) -> str:
     body = getattr(exc, "body", None)
     if isinstance(body, dict) and body.get("message"):
@@ -184,9 +192,7 @@ class OpenAIClient:
 
         def wait(state: Any) -> float:
             exc = state.outcome.exception() if state.outcome else None
-            if isinstance(exc, RetryableError) and exc.retry_after is not None:
-                return min(exc.retry_after, p.retry_after_max_s)
-            return jitter(state)
+            return backoff_seconds(exc, jitter(state), p.retry_after_max_s)
 
         start = time.perf_counter()
         attempts = 0
