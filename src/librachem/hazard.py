@@ -1,0 +1,117 @@
+"""Hazard scanner: flag and redact actionable procedure content in generated answers.
+
+Every answer tied to an illegitimate compound (params ``generate.hazard.scope``) is scanned
+for the signals that make a text *actionable* (the project safety policy: reagents with
+quantities, conditions or step sequences):
+
+========== ============================================================ ======
+signal     what it matches                                              weight
+========== ============================================================ ======
+quantity   a number with an amount unit (``50 mL``, ``2 g``, ``0.5 mol``)  2
+temperature a number with a temperature unit (``80 C``, ``80 °C``, ``300 K``) 2
+duration   a number with a time unit (``2 h``, ``30 minutes``)             1
+step       a numbered or ordinal step line (``1.``, ``Step 2``, ``First,``) 1
+materials  a reagent / materials list header (``Reagents:``, ``You will need``) 2
+operation  a lab operation verb (reflux, distil, titrate, stir, heat ...)   1
+========== ============================================================ ======
+
+The score is the weighted count of hits. A text whose score reaches the threshold is
+*flagged*; :func:`redact` removes every sentence or line that carries a hit and marks the
+cut with :data:`REDACTION_MARK`. Pure functions on strings; the regexes are deliberately
+broad (false positives only cost a redaction). Tests use placeholder text only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+REDACTION_MARK = "[procedure details redacted]"
+
+_NUM = r"(?<![\w.])\d+(?:[.,]\d+)?\s*"
+SIGNALS: dict[str, tuple[re.Pattern[str], int]] = {
+    "quantity": (re.compile(
+        _NUM + r"(?:mg|g|kg|µg|ug|mL|ml|L|l|litres?|liters?|mol|mmol|M|mM|eq|equiv|"
+        r"equivalents?|grams?|milligrams?|kilograms?|millilit(?:er|re)s?|moles?|drops?|"
+        r"%\s*(?:w/w|w/v|v/v))(?![\w])", re.I), 2),
+    "temperature": (re.compile(
+        _NUM + r"(?:°\s*[CFK]?|º\s*[CF]?|degrees?(?:\s*(?:C|F|celsius|fahrenheit))?|K(?![\w])|"
+        r"C(?![\w])|F(?![\w])|celsius|fahrenheit)", re.I), 2),
+    "duration": (re.compile(
+        r"(?<![\w.])\d+(?:[.,]\d+)?(?:\s+(?:h|s)|\s*(?:hrs?|hours?|min|mins|minutes?|sec|"
+        r"seconds?|days?))(?![\w])", re.I), 1),
+    "step": (re.compile(
+        r"(?im)(?:^\s*(?:\d+[.)]|[-*•]\s*step|step\s*\d+)\s*)|(?:\bstep\s*\d+\b)|"
+        r"(?:^\s*(?:first|second|third|next|then|finally),)"), 1),
+    "materials": (re.compile(
+        r"(?i)\b(?:reagents?|materials?|ingredients?|chemicals needed|you will need|"
+        r"equipment|precursors?)\s*(?:needed|required)?\s*:"), 2),
+    "operation": (re.compile(
+        r"(?i)\b(?:reflux(?:ed|ing)?|distil+(?:ed|ing|ation)?|titrat(?:e|ed|ing)|"
+        r"recrystalli[sz](?:e|ed|ing)|stir(?:red|ring)?|heat(?:ed|ing)?|evaporat(?:e|ed|ing)|"
+        r"filter(?:ed|ing)?|quench(?:ed|ing)?|precipitat(?:e|ed|ing)|dissolv(?:e|ed|ing)|"
+        r"add(?:ed|ing)? dropwise|neutrali[sz](?:e|ed|ing)|extract(?:ed|ing)? with)\b"), 1),
+}
+
+# Sentence ends, but not the dot of a step number ("1. Mix ..." stays one piece).
+_SPLIT = re.compile(r"(?<=[^\W\d_)][.!?])\s+|\n+")
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    """Outcome of :func:`scan`.
+
+    Attributes:
+        score: weighted number of hits (see the module table).
+        hits: hit count per signal name (only signals that matched).
+    """
+
+    score: int
+    hits: dict[str, int] = field(default_factory=dict)
+
+    def flagged(self, threshold: int) -> bool:
+        """True when the score reaches ``threshold`` (``threshold`` >= 1)."""
+        return self.score >= threshold
+
+
+def scan(text: str) -> ScanResult:
+    """Score ``text`` for actionable procedure content (pure, no I/O)."""
+    hits: dict[str, int] = {}
+    score = 0
+    for name, (pattern, weight) in SIGNALS.items():
+        n = len(pattern.findall(text))
+        if n:
+            hits[name] = n
+            score += weight * n
+    return ScanResult(score=score, hits=hits)
+
+
+def _has_hit(piece: str) -> bool:
+    return any(pattern.search(piece) for pattern, _ in SIGNALS.values())
+
+
+def redact(text: str) -> str:
+    """Remove every sentence or line of ``text`` that carries a hazard signal.
+
+    Consecutive removed pieces become one :data:`REDACTION_MARK`. The result contains no
+    signal hit (``scan(redact(t)).score == 0`` unless the mark itself is changed).
+
+    Returns:
+        The redacted text; ``REDACTION_MARK`` alone when every piece carried a hit.
+    """
+    out: list[str] = []
+    for piece in _SPLIT.split(text.strip()):
+        piece = piece.strip()
+        if not piece:
+            continue
+        if _has_hit(piece):
+            if not out or out[-1] != REDACTION_MARK:
+                out.append(REDACTION_MARK)
+        else:
+            out.append(piece)
+    return " ".join(out) if out else REDACTION_MARK
+
+
+def redacted_remainder(text: str) -> str:
+    """The text left once redaction marks are removed (to judge if anything useful is left)."""
+    return " ".join(text.replace(REDACTION_MARK, " ").split())

@@ -1,0 +1,80 @@
+"""Shard sets: atomic shards, manifest last, readers refuse incomplete or altered folders."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from librachem.errors import SchemaError
+from librachem.shards import MANIFEST, read_manifest, read_shards, schema_hash, write_shards
+
+SCHEMA = pa.schema([pa.field("row_id", pa.string(), nullable=False),
+                    pa.field("n", pa.int32(), nullable=False)])
+
+
+def _table(n: int, start: int = 0) -> pa.Table:
+    return pa.Table.from_pylist([{"row_id": f"r{i}", "n": i} for i in range(start, start + n)],
+                                schema=SCHEMA)
+
+
+def test_roundtrip_splits_and_shard_size(tmp_path):
+    manifest = write_shards(tmp_path, {"train": _table(5), "test": _table(2, 100)}, SCHEMA,
+                            rows_per_shard=2)
+    names = [s["name"] for s in manifest["shards"]]
+    assert names == ["test-00000.parquet", "train-00000.parquet", "train-00001.parquet",
+                     "train-00002.parquet"]
+    assert manifest["splits"] == {"test": 2, "train": 5}
+    assert manifest["schema_hash"] == schema_hash(SCHEMA)
+    train = read_shards(tmp_path, SCHEMA, split="train")
+    assert train.column("n").to_pylist() == [0, 1, 2, 3, 4]
+    assert read_shards(tmp_path).num_rows == 7
+
+
+def test_empty_split_still_has_a_loadable_shard(tmp_path):
+    write_shards(tmp_path, {"train": _table(0)}, SCHEMA)
+    assert (tmp_path / "train-00000.parquet").is_file()
+    assert read_shards(tmp_path, SCHEMA, split="train").num_rows == 0
+
+
+def test_reader_refuses_folder_without_manifest(tmp_path):
+    write_shards(tmp_path, {"train": _table(3)}, SCHEMA)
+    (tmp_path / MANIFEST).unlink()
+    with pytest.raises(SchemaError, match="no manifest"):
+        read_shards(tmp_path)
+
+
+def test_reader_refuses_altered_or_missing_shard(tmp_path):
+    write_shards(tmp_path, {"train": _table(3)}, SCHEMA)
+    shard = tmp_path / "train-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:-8] + b"garbage!")
+    with pytest.raises(SchemaError, match="checksum"):
+        read_manifest(tmp_path)
+    shard.unlink()
+    with pytest.raises(SchemaError, match="missing"):
+        read_shards(tmp_path)
+
+
+def test_reader_refuses_other_schema(tmp_path):
+    write_shards(tmp_path, {"train": _table(3)}, SCHEMA)
+    other = pa.schema([pa.field("row_id", pa.string(), nullable=False)])
+    with pytest.raises(SchemaError, match="schema hash"):
+        read_shards(tmp_path, other)
+
+
+def test_writer_rejects_table_off_schema(tmp_path):
+    bad = pa.table({"row_id": ["a"]})
+    with pytest.raises(SchemaError, match="missing"):
+        write_shards(tmp_path, {"train": bad}, SCHEMA)
+    assert not (tmp_path / MANIFEST).exists()
+
+
+def test_rewrite_removes_old_shards_and_is_byte_identical(tmp_path):
+    write_shards(tmp_path, {"train": _table(5)}, SCHEMA, rows_per_shard=1)
+    first = write_shards(tmp_path, {"train": _table(2)}, SCHEMA, rows_per_shard=1)
+    assert sorted(p.name for p in tmp_path.glob("*.parquet")) == [
+        "train-00000.parquet", "train-00001.parquet"]
+    again = write_shards(tmp_path, {"train": _table(2)}, SCHEMA, rows_per_shard=1)
+    assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in again["shards"]]
+    assert json.loads((tmp_path / MANIFEST).read_text())["rows"] == 2
