@@ -1,0 +1,154 @@
+"""Fault injection: the real ``openai`` client against tests/llm_server.py on 127.0.0.1.
+
+Every request must either complete or be recorded failed with its reason, none lost or
+duplicated, and retries must stop at the bound (checked with the server's attempt counts).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from librachem.errors import LLMError
+from librachem.llm.client import make_client
+from librachem.llm.config import LLMParams
+from librachem.llm.openai_backend import (RetryableError, backoff_seconds, parse_retry_after)
+from tests.llm_server import RunningServer
+
+KEY = "sk-test-secret-never-stored-0123456789"
+
+
+@pytest.fixture(scope="module")
+def server():
+    with RunningServer() as srv:
+        yield srv
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+    monkeypatch.setenv("LIBRACHEM_TEST_KEY", KEY)
+
+
+def params(server, **kw) -> LLMParams:
+    base = dict(backend="openai", model="test-model", base_url=server.base_url,
+                api_key_env="LIBRACHEM_TEST_KEY", timeout_s=0.5, max_retries=2,
+                backoff_initial_s=0.01, backoff_max_s=0.05, retry_after_max_s=0.3,
+                concurrency=8, json_retries=1)
+    base.update(kw)
+    return LLMParams(**base)
+
+
+def ask(p: LLMParams, *contents: str):
+    return [p.request([{"role": "user", "content": c}]) for c in contents]
+
+
+# prompt -> (expected finish_reason, expected server attempts, error substring or None)
+CASES = {
+    "plain question": ("stop", 1, None),
+    "[429x2:ra=0.05] rate limited twice": ("stop", 3, None),
+    "[429x1] rate limited, no header": ("stop", 2, None),
+    "[500x2] flaky": ("stop", 3, None),
+    "[500x9] broken": ("error", 3, "gave up after 3 attempts: HTTP 500"),
+    "[slowx1:2] slow once": ("stop", 2, None),
+    "[slowx9:2] always slow": ("error", 3, "timeout"),
+    "[badjsonx1] malformed once": ("stop", 2, None),
+    "[badjsonx9] always malformed": ("error", 3, "malformed response"),
+    "[emptyx1] empty once": ("stop", 2, None),
+    "[emptyx9] always empty": ("error", 3, "empty content"),
+    "[filter] filtered": ("content_filter", 1, "content_filter"),
+    "[length] long": ("length", 1, None),
+    "[400] bad request": ("error", 1, "HTTP 400: bad request: max_tokens too large"),
+}
+
+
+def test_every_request_completes_or_is_recorded_failed(server, tmp_path):
+    server.reset()
+    p = params(server)
+    client = make_client(p, cache_dir=tmp_path / "cache")
+    prompts = list(CASES)
+    out = client.complete(ask(p, *prompts))
+    assert len(out) == len(prompts)
+    counts = server.stats()["by_prompt"]
+    for prompt, c in zip(prompts, out):
+        finish, attempts, err = CASES[prompt]
+        assert c.finish_reason == finish, (prompt, c)
+        assert counts[prompt] == attempts, (prompt, counts[prompt])  # bound respected, no dupes
+        if err is None:
+            assert c.ok and c.text == f"echo: {prompt}" and c.model_id == "test-model-served"
+        else:
+            assert not c.ok and err in c.error, (prompt, c.error)
+    s = client.stats()
+    assert s["calls"] == len(prompts) and s["failures"] == sum(
+        1 for v in CASES.values() if v[2] is not None)
+    assert s["unpriced_calls"] > 0 and s["cost_usd"] == 0  # test-model has no price: not guessed
+
+    # Second run: only the model's answers were cached (incl. content_filter and length);
+    # transport failures are retried.
+    server.reset()
+    again = make_client(p, cache_dir=tmp_path / "cache").complete(ask(p, *prompts))
+    sent = server.stats()["by_prompt"]
+    for prompt, c in zip(prompts, again):
+        assert c.cached == (CASES[prompt][0] != "error"), prompt
+        assert (prompt in sent) == (CASES[prompt][0] == "error"), prompt
+    # the key is never written anywhere in the cache
+    for f in (tmp_path / "cache").rglob("*"):
+        if f.is_file():
+            assert KEY not in f.read_text()
+
+
+def test_many_requests_none_lost_or_duplicated(server):
+    server.reset()
+    p = params(server, concurrency=16, max_retries=3)
+    prompts = [f"[500x{i % 3}] q{i}" if i % 4 == 0 else f"q{i}" for i in range(120)]
+    out = make_client(p, cache_dir=None).complete(ask(p, *prompts))
+    assert [c.text for c in out] == [f"echo: {q}" for q in prompts]
+    counts = server.stats()["by_prompt"]
+    assert set(counts) == set(prompts)
+    for i, q in enumerate(prompts):
+        assert counts[q] == (1 + i % 3 if i % 4 == 0 else 1)
+
+
+@pytest.mark.parametrize("prompt,match", [
+    ("[quota] out of money", "quota exhausted.*You exceeded your current quota"),
+    ("[401] bad key", "HTTP 401.*Incorrect API key"),
+])
+def test_quota_and_auth_fail_at_once_with_server_message(server, prompt, match):
+    server.reset()
+    p = params(server)
+    with pytest.raises(LLMError, match=match):
+        make_client(p, cache_dir=None).complete(ask(p, prompt, "fine"))
+    assert server.stats()["by_prompt"][prompt] == 1  # never retried
+
+
+def test_json_schema_reply_is_reasked_over_http(server):
+    server.reset()
+    schema = {"type": "object", "required": ["verdict"]}
+    p = params(server, json_retries=2)
+    good = p.request([{"role": "user", "content": 'REPLIES:no json||{"verdict": "refusal"}'}],
+                     json_schema=schema)
+    bad = p.request([{"role": "user", "content": "REPLIES:never||still no||nope"}],
+                    json_schema=schema)
+    client = make_client(p, cache_dir=None)
+    ok, failed = client.complete([good, bad])
+    assert ok.ok and ok.parsed == {"verdict": "refusal"}
+    assert failed.finish_reason == "parse_error" and failed.text == "nope"
+    counts = server.stats()["by_prompt"]
+    assert counts[good.messages[0]["content"]] == 2 and counts[bad.messages[0]["content"]] == 3
+
+
+def test_missing_key_is_a_clear_error(server, monkeypatch):
+    monkeypatch.delenv("LIBRACHEM_TEST_KEY")
+    p = params(server)
+    client = make_client(p, cache_dir=None)  # key checked when the backend is first needed
+    with pytest.raises(LLMError, match="LIBRACHEM_TEST_KEY is not set"):
+        client.complete(ask(p, "hi"))
+
+
+def test_retry_after_parsing_and_backoff_choice():
+    assert parse_retry_after({"retry-after": "2"}) == 2.0
+    assert parse_retry_after({"retry-after-ms": "250"}) == 0.25
+    assert parse_retry_after({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}) == 0.0  # past
+    assert parse_retry_after({"retry-after": "soon"}) is None
+    assert parse_retry_after({}) is None
+    assert backoff_seconds(RetryableError("429", retry_after=3.0), 0.1, 10.0) == 3.0
+    assert backoff_seconds(RetryableError("429", retry_after=30.0), 0.1, 10.0) == 10.0
+    assert backoff_seconds(RetryableError("500"), 0.1, 10.0) == 0.1
