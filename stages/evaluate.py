@@ -1,0 +1,52 @@
+"""DVC stage ``evaluate``: answer the test prompts with every model, judge, score.
+
+Writes ``<out>/responses.parquet`` and ``<out>/eval_config.json``, ``--metrics`` (JSON) and
+the plot tables under ``--plots``. All logic is in :mod:`librachem.evaluate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from librachem.config import load_section
+from librachem.evaluate import EvalPaths, EvaluateParams, evaluate
+from librachem.stagecli import stage_main
+
+_DIR = click.Path(file_okay=False, path_type=Path)
+
+
+@click.command()
+@click.option("--params", "params_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("params.yaml"), show_default=True, help="params file")
+@click.option("--triplets", type=_DIR, default=Path("data/triplets"), show_default=True,
+              help="triplet shard set (its test split is evaluated)")
+@click.option("--augmented", type=_DIR, default=Path("data/augmented"), show_default=True,
+              help="augmented shard set (rephrased test prompts, when present)")
+@click.option("--base", type=_DIR, default=Path("models/base"), show_default=True)
+@click.option("--sft", type=_DIR, default=Path("models/sft"), show_default=True)
+@click.option("--dpo", type=_DIR, default=Path("models/dpo"), show_default=True)
+@click.option("--out", "out_dir", type=_DIR, default=Path("data/eval"), show_default=True,
+              help="folder for responses.parquet and eval_config.json")
+@click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("metrics/eval.json"), show_default=True)
+@click.option("--plots", "plots_dir", type=_DIR, default=Path("metrics/eval_plots"),
+              show_default=True)
+@click.option("--cache-dir", type=_DIR, default=Path(".llm-cache"), show_default=True,
+              help="LLM call cache (judges and baselines)")
+@click.option("--replay-only", is_flag=True, help="fail on any LLM call-cache miss")
+@stage_main
+def main(params_path: Path, triplets: Path, augmented: Path, base: Path, sft: Path, dpo: Path,
+         out_dir: Path, metrics_path: Path, plots_dir: Path, cache_dir: Path,
+         replay_only: bool) -> None:
+    """Evaluate base / SFT / DPO (and baselines) for safety and utility."""
+    params = load_section(EvaluateParams, "evaluate", params_path)
+    evaluate(params, EvalPaths(triplets=triplets, augmented=augmented, base=base, sft=sft,
+                               dpo=dpo, out_dir=out_dir, metrics=metrics_path,
+                               plots_dir=plots_dir, cache_dir=cache_dir,
+                               replay_only=replay_only))
+
+
+if __name__ == "__main__":
+    main()
