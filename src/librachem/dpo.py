@@ -110,6 +110,11 @@ def train_dpo(params: DpoParams, table: Any, base_dir: Path, sft_dir: Path | Non
                                   "rejected": assistant_turn(r["rejected"])} for r in rows])
 
     model = load_sft_merged(base_dir, sft_dir).train()
+    if device["device"] == "cuda" and device["bf16"] and not params.qlora:
+        # Frozen merged weights in bf16 on GPU (half the memory); LoRA weights stay fp32 (PEFT).
+        import torch
+
+        model = model.to(torch.bfloat16)
     with tempfile.TemporaryDirectory() as work:
         if params.qlora:
             model = quantize_4bit(model, tokenizer, Path(work))
@@ -135,8 +140,9 @@ def train_dpo(params: DpoParams, table: Any, base_dir: Path, sft_dir: Path | Non
                          "reference": "base + SFT merged (policy with the DPO adapter disabled)"},
               "summary": summary, "data": {**counts, **drops.as_dict()}}
     metrics = flat_metrics(summary, record["data"], sft_record)
+    trainer.save_model(str(out_dir))  # every rank: gathers ZeRO-3 / FSDP shards; rank 0 writes
     if is_main:
-        trainer.model.save_pretrained(out_dir)
+        (out_dir / "training_args.bin").unlink(missing_ok=True)  # pickle; the JSON record replaces it
         tokenizer.save_pretrained(out_dir)
         write_effective_config(out_dir, record)
         write_model_card(out_dir, title="DPO LoRA adapter (LibraChem alignment)", record=record)

@@ -135,8 +135,9 @@ def train_sft(params: SftParams, table: Any, base_dir: Path, out_dir: Path,
                "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
                "device": device["device"], "template_check_sequences": check["sequences_checked"]}
     record.update(summary=summary, data={**counts, **drops.as_dict()})
+    trainer.save_model(str(out_dir))  # every rank: gathers ZeRO-3 / FSDP shards; rank 0 writes
     if is_main:
-        trainer.model.save_pretrained(out_dir)
+        (out_dir / "training_args.bin").unlink(missing_ok=True)  # pickle; the JSON record replaces it
         tokenizer.save_pretrained(out_dir)
         write_effective_config(out_dir, record)
         write_model_card(out_dir, title="SFT LoRA adapter (prompt + chosen)", record=record)
