@@ -8,8 +8,8 @@ is asked, and leaving the base URL out lets a pulled cache replay from any host.
 
 Layout: one JSON file per entry, ``<root>/<key[:2]>/<key>.json``, holding the rendered
 request and the completion (text, finish reason, usage, latency, reported model id, parsed
-JSON). Each file is written to a temporary file in the same folder, fsynced and moved into
-place with ``os.replace`` (:mod:`librachem.atomic`), so concurrent writers and ``kill -9``
+JSON). Each file is written to a temporary file in the same folder and moved into
+place with ``os.replace`` (no fsync, see :func:`_write_atomic`), so concurrent writers and ``kill -9``
 leave either no entry or a complete one, never a torn one; two writers of one key write the
 same content and the last rename wins. Temporary files start with ``.tmp-`` and are never
 read (``clean_tmp`` removes leftovers). The folder can be tracked with ``dvc add .llm-cache``.
@@ -23,12 +23,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import threading
 import time
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from librachem.atomic import write_bytes
 from librachem.llm.base import ChatRequest, Completion
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,29 @@ KEY_VERSION = 1
 
 #: Finish reasons that are a model's answer (cacheable), as opposed to a failed call.
 CACHEABLE_FINISH = frozenset({"stop", "length", "content_filter", "parse_error"})
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    """Temp file in the same folder + ``os.replace``: readers see no entry or a whole one.
+
+    Unlike :func:`librachem.atomic.write_bytes` there is no fsync: a ``kill -9`` cannot tear
+    a renamed file (the data is in the page cache), and on power loss a damaged entry reads
+    as a miss (see :meth:`CallCache.get`). An fsync per entry would stall the event loop of
+    the ``openai`` backend (one entry per finished request).
+    """
+    tmp = target.parent / f".tmp-{target.name}.{os.getpid()}.{threading.get_ident()}"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except FileNotFoundError:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def render_request(request: ChatRequest, *, backend: str, revision: str) -> dict[str, Any]:
@@ -102,11 +126,11 @@ class CallCache:
 
     def put(self, key: str, rendered: dict[str, Any], completion: Completion) -> None:
         """Store ``completion`` under ``key`` atomically, with the rendered request."""
-        record = asdict(completion)
+        record = {f.name: getattr(completion, f.name) for f in fields(completion)}
         record["cached"] = False
         record["cache_key"] = key
         entry = {"key": key, "request": rendered, "completion": record}
-        write_bytes(self.path(key), _canonical(entry) + b"\n")
+        _write_atomic(self.path(key), _canonical(entry) + b"\n")
 
     def __contains__(self, key: str) -> bool:
         return self.path(key).is_file()

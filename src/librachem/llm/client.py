@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -90,6 +91,8 @@ class CachedClient:
         self.prices = prices
         self._stats: dict[str, float] = dict.fromkeys(STAT_KEYS, 0.0)
         self._unpriced_models: set[str] = set()
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list[Future[None]] = []
 
     @property
     def backend(self) -> Any:
@@ -100,6 +103,9 @@ class CachedClient:
     def key(self, request: ChatRequest) -> str:
         """The cache key of ``request`` under this client's backend and revision."""
         return cache_key(request, backend=self.backend_name, revision=self.revision)
+
+    def _render(self, request: ChatRequest) -> dict[str, Any]:
+        return render_request(request, backend=self.backend_name, revision=self.revision)
 
     def stats(self) -> dict[str, float]:
         """Counters since construction: ``calls`` (requests answered), ``cache_hits``,
@@ -166,8 +172,12 @@ class CachedClient:
     def _store(self, key: str, req: ChatRequest, completion: Completion) -> Completion:
         completion = replace(completion, cache_key=key, cached=False)
         if self.cache is not None and is_cacheable(completion):
-            self.cache.put(key, render_request(req, backend=self.backend_name,
-                                               revision=self.revision), completion)
+            rendered = self._render(req)
+            if self._writer is not None:  # off the backend's thread / event loop
+                self._pending.append(self._writer.submit(self.cache.put, key, rendered,
+                                                         completion))
+            else:
+                self.cache.put(key, rendered, completion)
         return completion
 
     def _account(self, req: ChatRequest, c: Completion) -> None:
@@ -187,7 +197,23 @@ class CachedClient:
             self._stats["cost_usd"] += cost
 
     def _run_misses(self, keys: list[str], reqs: list[ChatRequest]) -> dict[str, Completion]:
+        """Send the misses; cache entries are written by one background thread as results
+        arrive (all writes are finished, and their errors raised, before returning -- also
+        when the backend raises, so finished work is kept)."""
         self._stats["cache_misses"] += len(reqs)
+        self._pending = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-cache") as writer:
+            self._writer = writer
+            try:
+                done = self._run_misses_inner(keys, reqs)
+            finally:
+                self._writer = None
+        for fut in self._pending:
+            fut.result()
+        self._pending = []
+        return done
+
+    def _run_misses_inner(self, keys: list[str], reqs: list[ChatRequest]) -> dict[str, Completion]:
         done: dict[str, Completion] = {}
 
         def on_result(i: int, c: Completion) -> None:

@@ -184,21 +184,35 @@ class OpenAIClient:
         return [c for c in out if c is not None]
 
     async def _with_retries(self, client: Any, req: ChatRequest) -> Completion:
+        import random
+
         from tenacity import (AsyncRetrying, RetryError, retry_if_exception_type,
                               stop_after_attempt, wait_random_exponential)
 
         p = self.params
-        jitter = wait_random_exponential(multiplier=p.backoff_initial_s, max=p.backoff_max_s)
+        start = time.perf_counter()
+        # Fast path: the first attempt runs outside tenacity (most requests need no retry;
+        # this keeps per-request overhead at the level of a plain AsyncOpenAI loop).
+        try:
+            return _with_latency(await self._attempt(client, req), time.perf_counter() - start)
+        except RequestFailed as exc:
+            return self._failed(str(exc), start)
+        except RetryableError as exc:
+            if p.max_retries == 0:
+                return self._failed(f"gave up after 1 attempts: {exc.reason}", start)
+            first_wait = random.uniform(0, min(p.backoff_initial_s, p.backoff_max_s))
+            await asyncio.sleep(backoff_seconds(exc, first_wait, p.retry_after_max_s))
+
+        jitter = wait_random_exponential(multiplier=p.backoff_initial_s * 2, max=p.backoff_max_s)
 
         def wait(state: Any) -> float:
             exc = state.outcome.exception() if state.outcome else None
             return backoff_seconds(exc, jitter(state), p.retry_after_max_s)
 
-        start = time.perf_counter()
-        attempts = 0
+        attempts = 1
         try:
             async for attempt in AsyncRetrying(retry=retry_if_exception_type(RetryableError),
-                                               stop=stop_after_attempt(p.max_retries + 1),
+                                               stop=stop_after_attempt(p.max_retries),
                                                wait=wait, reraise=False):
                 with attempt:
                     attempts += 1
@@ -207,12 +221,13 @@ class OpenAIClient:
         except RetryError as exc:
             last = exc.last_attempt.exception()
             reason = getattr(last, "reason", str(last))
-            return Completion(text=None, finish_reason="error", model_id=p.model,
-                              latency_s=time.perf_counter() - start,
-                              error=f"gave up after {attempts} attempts: {reason}")
+            return self._failed(f"gave up after {attempts} attempts: {reason}", start)
         except RequestFailed as exc:
-            return Completion(text=None, finish_reason="error", model_id=p.model,
-                              latency_s=time.perf_counter() - start, error=str(exc))
+            return self._failed(str(exc), start)
+
+    def _failed(self, reason: str, start: float) -> Completion:
+        return Completion(text=None, finish_reason="error", model_id=self.params.model,
+                          latency_s=time.perf_counter() - start, error=reason)
 
     async def _attempt(self, client: Any, req: ChatRequest) -> Completion:
         import openai
