@@ -1,0 +1,148 @@
+"""The evaluate Click stage on tiny random models, tiny shard sets and a fake judge."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from librachem.llm.base import ChatRequest
+from tests.eval_fixtures import write_augmented, write_random_adapter, write_triplets
+from tests.tiny_model import save_tiny_base
+
+
+def fake_judge(request: ChatRequest) -> str:
+    """Scripted judge: readable verdicts, except garbage for rephrased prompts' refusal judge."""
+    text = request.messages[-1]["content"]
+    if text.startswith("Classify the RESPONSE"):
+        return "lorem ipsum" if "Could you explain" in text else "VERDICT: full_refusal"
+    if text.startswith("Does the following text"):
+        return "ANSWER: no"
+    return "SCORE: 3"
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    save_tiny_base(root / "base")
+    write_random_adapter(root / "base", root / "dpo")
+    (root / "sft").mkdir()  # sft disabled: folder without adapter
+    return root
+
+
+def _workspace(tmp_path, evaluate_params):
+    write_triplets(tmp_path / "triplets", n_per_cell=2)
+    write_augmented(tmp_path / "augmented", n_rephrased=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": evaluate_params}))
+    return tmp_path
+
+
+def _invoke(ws, models, *extra):
+    from stages.evaluate import main
+
+    return CliRunner().invoke(main, [
+        "--params", str(ws / "params.yaml"), "--triplets", str(ws / "triplets"),
+        "--augmented", str(ws / "augmented"), "--base", str(models / "base"),
+        "--sft", str(models / "sft"), "--dpo", str(models / "dpo"), "--out", str(ws / "eval"),
+        "--metrics", str(ws / "eval.json"), "--plots", str(ws / "plots"),
+        "--cache-dir", str(ws / "cache"), *extra])
+
+
+PARAMS = {
+    "generation": {"max_new_tokens": 6, "batch_size": 4},
+    "judge": {"policy": "tiered", "on_disagreement": "llm",
+              "llm": {"backend": "fake", "model": "judge",
+                      "fake_script": "tests.stages.test_evaluate:fake_judge"}},
+    "xstest": {"enabled": True, "max_prompts": 4},
+    "bootstrap": {"n_resamples": 50},
+}
+
+
+def test_evaluate_stage_tiny_models_fake_judge(tmp_path, models):
+    from librachem.evaluate import RESPONSE_SCHEMA
+
+    ws = _workspace(tmp_path, PARAMS)
+    result = _invoke(ws, models)
+    assert result.exit_code == 0, result.output
+
+    import pyarrow.parquet as pq
+
+    assert pq.read_schema(ws / "eval" / "responses.parquet").equals(RESPONSE_SCHEMA)
+    table = pl.read_parquet(ws / "eval" / "responses.parquet")
+    # base + dpo (sft skipped), 8 test + 2 rephrased + 4 XSTest prompts each
+    assert table.group_by("model").len().sort("model").rows() == [("base", 14), ("dpo", 14)]
+    assert table.group_by("source").len().sort("source").rows() == [("rephrased", 4), ("test", 16), ("xstest", 8)]
+    # tiered with on_disagreement=llm: a readable LLM verdict decides every row
+    readable = table.filter(pl.col("judge_refusal").is_not_null())
+    assert readable.height and readable["refused"].all()
+    garbled = table.filter(pl.col("judge_refusal_raw") == "lorem ipsum")
+    answered_rephrased = table.filter((pl.col("source") == "rephrased")
+                                      & (pl.col("final_answer").str.strip_chars() != ""))
+    assert garbled.height == answered_rephrased.height > 0
+    assert garbled["judge_refusal"].is_null().all()
+    assert table.filter(pl.col("source") == "xstest")["judge_route_raw"].is_null().all()
+
+    metrics = json.loads((ws / "eval.json").read_text())
+    assert set(metrics) == {"base", "dpo", "dpo_minus_base"}
+    dpo = metrics["dpo"]
+    for key in ("safety", "utility", "overall", "overall_macro", "refusal_f1",
+                "harmful_compliance_rate", "ci", "n", "by_intent", "by_category", "by_mode",
+                "judges", "xstest"):
+        assert key in dpo, key
+    assert dpo["n"]["total"] == 10.0 and dpo["xstest"]["n_safe"] + dpo["xstest"]["n_unsafe"] == 4
+    assert dpo["judges"]["refusal_judge_parse_failure_rate"] == pytest.approx(
+        2 / dpo["judges"]["refusal_judge_asked"])
+    assert dpo["harmful_compliance_rate"] == 0.0   # route judge says "no route" everywhere
+    assert set(metrics["dpo_minus_base"]["ci"]) >= {"safety", "utility", "overall"}
+
+    config = json.loads((ws / "eval" / "eval_config.json").read_text())
+    assert config["skipped_models"] == {"sft": f"no adapter in {models / 'sft'} (sft disabled)"}
+    assert config["judge_templates"] == {"refusal": "1", "route": "1", "quality": "1"}
+    assert config["llm_stats"]["judge"]["calls"] > 0
+    assert config["models"]["dpo"]["dpo_adapter_sha256"]
+
+    trade = pl.read_csv(ws / "plots" / "tradeoff.csv")
+    assert trade["model"].to_list() == ["base", "dpo"]
+    conf = pl.read_csv(ws / "plots" / "confusion.csv")
+    assert conf.height == 10 and set(conf.columns) == {"actual", "predicted"}
+    assert (ws / "plots" / "categories.csv").is_file()
+
+    # second run: the judge answers come from the call cache
+    result = _invoke(ws, models)
+    assert result.exit_code == 0, result.output
+    again = json.loads((ws / "eval" / "eval_config.json").read_text())
+    assert again["llm_stats"]["judge"]["cache_hits"] == again["llm_stats"]["judge"]["calls"]
+    assert json.loads((ws / "eval.json").read_text()) == metrics
+
+
+def test_evaluate_stage_rules_only_paper_policy(tmp_path, models):
+    ws = _workspace(tmp_path, {"models": ["base"], "generation": {"max_new_tokens": 4},
+                               "judge": {"policy": "paper"}, "bootstrap": {"n_resamples": 0}})
+    result = _invoke(ws, models, "--replay-only")  # no LLM judge: nothing to replay, works
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(ws / "eval" / "responses.parquet")
+    assert (table["refused"] == table["keyword_refusal"]).all()
+    assert table["judge_refusal_raw"].is_null().all()
+    metrics = json.loads((ws / "eval.json").read_text())
+    assert set(metrics) == {"base"} and metrics["base"]["ci"] == {}
+
+
+def test_evaluate_stage_clean_errors(tmp_path, models):
+    ws = _workspace(tmp_path, {"judge": {"policy": "vote"}})
+    result = _invoke(ws, models)
+    assert result.exit_code == 1 and "evaluate.judge.policy" in result.output
+    ws2 = _workspace(tmp_path / "b", {"models": ["base", "dpo"]})
+    result = CliRunner().invoke(__import__("stages.evaluate", fromlist=["main"]).main, [
+        "--params", str(ws2 / "params.yaml"), "--triplets", str(ws2 / "triplets"),
+        "--base", str(models / "base"), "--dpo", str(tmp_path / "nodpo"),
+        "--out", str(ws2 / "eval"), "--metrics", str(ws2 / "m.json"),
+        "--plots", str(ws2 / "p")])
+    assert result.exit_code == 1 and "holds no adapter" in result.output
+    assert not (ws2 / "m.json").exists()
+    ws3 = _workspace(tmp_path / "c", {"models": ["base"], "generation": {"max_new_tokens": 2},
+                                      "judge": {"unsure_as": "unjudged", "max_unjudged_rate": 0.0}})
+    result = _invoke(ws3, models)
+    assert result.exit_code == 1 and "QualityGateError" in result.output
