@@ -20,10 +20,11 @@ How compounds are chosen, and the split:
   illegitimate compounds available (illegitimate capped by ``max_illegitimate``), so the ratio is
   met exactly and the same seed gives nested samples across ratios.
 * Split: compound-disjoint (every mode of a compound lands in the same split), stratified by
-  (class, category). The test total is ``round(n * test_fraction)``; each stratum gets
-  ``floor(n_s * test_fraction)`` test compounds, and the remaining test slots go to the strata
-  with the largest fractional remainder (ties broken by the seeded generator) -- the
-  largest-remainder method. A stratum never gives up its last train compound, so a category
+  (class, category). The test total aims at ``round(n * test_fraction)``; each stratum gets
+  ``floor(n_s * test_fraction)`` test compounds, and the remaining test slots go, one each, to
+  the strata with the largest fractional remainder (ties broken by the seeded generator) -- the
+  largest-remainder method. A stratum never gives up its last train compound (so with many
+  tiny strata the test set can come out a little smaller than the target), and a category
   with a single sampled compound is always in ``train`` (a category never seen in training
   cannot be measured fairly). scikit-learn's ``StratifiedShuffleSplit`` refuses strata of one
   member, which a curated list of many small categories always has, hence this small rule.
