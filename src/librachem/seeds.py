@@ -54,7 +54,7 @@ from pydantic import Field, field_validator
 
 from librachem.atomic import atomic_path, write_json
 from librachem.config import Section
-from librachem.errors import DataError
+from librachem.errors import DataError, SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -400,8 +400,6 @@ def write_seeds_table(table: pa.Table, path: Path | str, metadata: dict[str, str
     Raises:
         SchemaError: the table does not match :data:`SEEDS_SCHEMA`.
     """
-    from librachem.errors import SchemaError
-
     if not table.schema.equals(SEEDS_SCHEMA, check_metadata=False):
         raise SchemaError(f"seeds table schema differs from SEEDS_SCHEMA: {table.schema}")
     meta = {k.encode(): v.encode() for k, v in sorted(metadata.items())}

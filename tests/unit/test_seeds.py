@@ -9,13 +9,15 @@ import math
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from librachem.config import load_section, validate_section
 from librachem.errors import ConfigError, DataError
-from librachem.seeds import (COMPOUND_COLUMNS, SEEDS_SCHEMA, SeedsParams, build_balanced,
-                             canonical_smiles, load_compounds, run_seeds)
+from librachem.seeds import (COMPOUND_COLUMNS, SEEDS_SCHEMA, Compound, SeedsParams,
+                             build_balanced, canonical_smiles, load_compounds, run_seeds,
+                             split_compounds)
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = list(COMPOUND_COLUMNS)
@@ -234,9 +236,6 @@ def test_split_is_stratified_by_class_and_category(pool_csv, seed, fraction):
 def test_singleton_categories_stay_in_train_even_when_they_win_the_remainder():
     """Ten one-compound categories (remainder 0.5 each) and one category of ten: the
     singletons would take the spare test slots; the rule keeps them in train."""
-    from librachem.seeds import Compound, split_compounds
-    import numpy as np
-
     comps = [Compound(f"S{i}", f"s{i}", "C" * (i + 1), "illegitimate", f"single_{i}", "x")
              for i in range(10)]
     comps += [Compound(f"B{i}", f"b{i}", "O" + "C" * (i + 1), "illegitimate", "big", "x")
