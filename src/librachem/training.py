@@ -89,12 +89,13 @@ def read_train_rows(table: Any, *, max_rows: int, seed: int) -> tuple[list[dict[
 
     Args:
         table: pyarrow Table with at least ``prompt``, ``chosen``, ``rejected``, ``split``
-            (strings; optional ``class`` is counted for the model card).
+            (strings; ``compound_class`` (triplets schema) or ``class`` is counted for the
+            model card).
         max_rows: keep a seeded random sample of this many rows (0 = all).
 
     Returns:
         (rows as dicts with the three text keys, counts: rows_total, rows_train, rows_used,
-        and rows_used_by_class when a ``class`` column exists).
+        and rows_used_by_class when a class column exists).
 
     Raises:
         DataError: a column is missing, a text cell is null, or there is no train row.
@@ -102,8 +103,9 @@ def read_train_rows(table: Any, *, max_rows: int, seed: int) -> tuple[list[dict[
     missing = [c for c in TRIPLET_COLUMNS if c not in table.column_names]
     if missing:
         raise DataError(f"triplet table lacks columns {missing} (has {table.column_names})")
-    data = table.to_pydict()
-    has_class = "class" in data
+    class_col = next((c for c in ("compound_class", "class") if c in table.column_names), None)
+    data = table.select([*TRIPLET_COLUMNS, *([class_col] if class_col else [])]).to_pydict()
+    has_class = class_col is not None
     rows = []
     for i, split in enumerate(data["split"]):
         if split != "train":
@@ -112,7 +114,7 @@ def read_train_rows(table: Any, *, max_rows: int, seed: int) -> tuple[list[dict[
         if any(v is None for v in row.values()):
             raise DataError(f"triplet row {i} has a null prompt/chosen/rejected")
         if has_class:
-            row["class"] = data["class"][i]
+            row["class"] = data[class_col][i]
         rows.append(row)
     if not rows:
         raise DataError(f"no train rows among {table.num_rows} triplets (column 'split')")
