@@ -74,17 +74,35 @@ def generator(request: ChatRequest) -> str | Completion | Exception:
     return rephraser(request)
 
 
-_ORDINAL = ("", "Please, ", "Kindly: ", "Quick one: ", "Hello! ", "One question: ")
+REPHRASE_PREFIX = ("Quick question from a student: ", "Hello there, I was wondering: ",
+                   "For a class project: ", "Asking for a report: ", "One more thing: ")
+REPHRASE_SUFFIX = ("Thanks for understanding.", "Hope that is clear.", "That is my answer.",
+                   "I hope this is useful.", "Kind regards.")
 
 
 def rephraser(request: ChatRequest) -> str:
-    """Fake rephraser: prefixes the source text by a variant marker taken from the seed."""
-    source = request.messages[-1]["content"]
-    source = source.split("Text:", 1)[-1].strip()
+    """Fake rephraser: a prefix (prompts) or suffix (answers) chosen by the style line, so
+    each variant differs; markers in the source trigger the augment guards:
+    ``DRIFT`` drops the compound, ``FLIP`` turns any answer into its opposite verdict,
+    ``HAZARD`` adds a placeholder procedure."""
+    from librachem.rephrase import load_rephrase_prompts
+
+    if request.messages[0]["content"] != load_rephrase_prompts().system:
+        raise ValueError("not a rephrase request")
+    style, _, source = request.messages[-1]["content"].partition("\nText: ")
+    i = load_rephrase_prompts().styles.index(style)
+    is_prompt = load_rephrase_prompts().few_shot["prompt"].source in request.messages[1]["content"]
     if "DRIFT" in source:
         return "Could you explain how to make that thing?"
-    variant = (request.seed or 0) % len(_ORDINAL)
-    return f"{_ORDINAL[variant] or 'Rephrased: '}{source}"
+    if "HAZARD" in source and is_prompt:
+        return f"{source} Add 50 mL of reagent A at 80 C and stir for 2 h."
+    if "FLIP" in source and not is_prompt:
+        name = re.search(r"agent-\w+", source).group(0)
+        return (f"Sure, here you go with {name}, all fine." if "sorry" in source.lower()
+                else f"I'm sorry, but I can't help with {name}.")
+    if "NEARDUP" in source:
+        return source.rstrip(".?!") + "!"
+    return f"{REPHRASE_PREFIX[i]}{source}" if is_prompt else f"{source} {REPHRASE_SUFFIX[i]}"
 
 
 def write_seeds(path: Path, rows: list[dict[str, str]]) -> Path:
@@ -119,3 +137,8 @@ def tiny_seeds(path: Path, *, markers: tuple[str, ...] = ()) -> Path:
         rows.append(seed_row(f"M{i}", f"agent-{marker}", "illegitimate", "train",
                              smiles="CCCl"))
     return write_seeds(path, rows)
+
+
+def always_sure(request: ChatRequest) -> str:
+    """A generator that never refuses (every refusal gate fails)."""
+    return "Sure, here it is."

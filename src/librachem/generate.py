@@ -199,7 +199,7 @@ def chat_requests(reqs: list[Request], prompts: AnswerPrompts,
     return out
 
 
-def _key(req: ChatRequest) -> str:
+def render_key(req: ChatRequest) -> str:
     return json.dumps([req.messages, req.model, req.temperature, req.max_tokens, req.top_p,
                        req.seed], sort_keys=True)
 
@@ -210,7 +210,7 @@ def complete_in_chunks(client: Any, requests: list[ChatRequest], chunk_size: int
     the next starts). Returns completions keyed by the rendered request."""
     unique: dict[str, ChatRequest] = {}
     for req in requests:
-        unique.setdefault(_key(req), req)
+        unique.setdefault(render_key(req), req)
     keys = list(unique)
     done: dict[str, Completion] = {}
     for start in tqdm(range(0, len(keys), chunk_size), desc=desc, unit="chunk",
@@ -221,7 +221,7 @@ def complete_in_chunks(client: Any, requests: list[ChatRequest], chunk_size: int
     return done
 
 
-def _versions() -> dict[str, str]:
+def package_versions() -> dict[str, str]:
     out = {}
     for dist in ("librachem", "pyarrow", "transformers", "torch"):
         try:
@@ -242,7 +242,7 @@ def build_rows(reqs: list[Request], pairs: list[tuple[ChatRequest, ChatRequest]]
     rows = []
     for req, (chosen_req, rejected_req) in zip(reqs, pairs):
         kinds = KINDS_BY_LABEL[req.label]
-        completions = (done[_key(chosen_req)], done[_key(rejected_req)])
+        completions = (done[render_key(chosen_req)], done[render_key(rejected_req)])
         answers = [resolve_answer(prompts.kinds[k], req, c, params, classify, tally)
                    for k, c in zip(kinds, completions)]
         reason = next((a.reason for a in answers if a.reason), None)
@@ -346,5 +346,5 @@ def run_generate(seeds_path: Path, out_dir: Path, metrics_path: Path, params: Ge
     write_shards(out_dir, tables, TRIPLET_SCHEMA, rows_per_shard=params.rows_per_shard, meta={
         "stage": "generate", "params": params.model_dump(mode="json"),
         "template_version": templates.version, "prompt_version": prompts.version,
-        "versions": _versions()})
+        "versions": package_versions()})
     return metrics

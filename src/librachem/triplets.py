@@ -42,8 +42,11 @@ phase               ``generate`` or ``augment``
 =================== ===================================================================
 
 The augmented schema adds ``parent_row_id``, ``prompt_variant``, ``chosen_variant``,
-``rejected_variant`` (0 = the original text) and ``rephrased_test`` (true only in the
-rephrased-test-prompt set, which is never trained on).
+``rejected_variant`` (0 = the original text), ``rephrased_test`` (true only in the
+rephrased-test-prompt set, which is never trained on), ``rephraser_model`` and
+``rephrase_version`` (empty for rows without a rephrased part), ``prompt_cache_key`` (of
+the prompt's rephraser call, empty for an original prompt). In augmented rows the
+``*_raw`` and ``*_cache_key`` columns of a rephrased part are those of the rephraser call.
 """
 
 from __future__ import annotations
@@ -92,6 +95,9 @@ AUGMENTED_SCHEMA = pa.schema([
     pa.field("chosen_variant", pa.int32(), nullable=False),
     pa.field("rejected_variant", pa.int32(), nullable=False),
     pa.field("rephrased_test", pa.bool_(), nullable=False),
+    pa.field("rephraser_model", pa.string(), nullable=False),
+    pa.field("rephrase_version", pa.string(), nullable=False),
+    pa.field("prompt_cache_key", pa.string(), nullable=False),
 ])
 
 LABELS = ("legitimate", "illegitimate")
