@@ -7,6 +7,8 @@ Sub-commands here are user tools that run outside the DVC pipeline (the stages l
 Commands:
     judge-refusals  add a boolean ``refused`` column to a CSV with the rule-tier refusal
                     detector (:mod:`librachem.refusal`); offline, no model.
+    refusal-report  accuracy, Cohen's kappa and per-class F1 of that detector on XSTest's
+                    human-labelled completions (and the OpenAI RBR gold set), as JSON.
 """
 
 from __future__ import annotations
@@ -50,6 +52,39 @@ def judge_refusals(input_csv: Path, text_column: str, out_csv: Path, with_label:
     counts = judge_csv(input_csv, text_column, out_csv, with_label=with_label,
                        patterns_path=patterns)
     click.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@main.command("refusal-report")
+@click.option("--xstest", "xstest_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="XSTest xstest_completions_labelled.csv")
+@click.option("--rbr", "rbr_jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              multiple=True, help="OpenAI RBR gold .jsonl file(s); repeat the option")
+@click.option("--patterns", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="A pattern YAML instead of the packaged one.")
+@click.option("--out", "out_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the report here (JSON).")
+@stage_main
+def refusal_report(xstest_csv: Path | None, rbr_jsonl: tuple[Path, ...], patterns: Path | None,
+                   out_json: Path | None) -> None:
+    """Score the rule-tier refusal detector against human labels (refusal = full or partial)."""
+    import json
+
+    from librachem.atomic import write_json
+    from librachem.errors import ConfigError
+    from librachem.refusal import load_patterns
+    from librachem.refusal_eval import rbr_report, xstest_report
+
+    if xstest_csv is None and not rbr_jsonl:
+        raise ConfigError("give --xstest and/or --rbr")
+    ps = load_patterns(patterns) if patterns else None
+    report = {}
+    if xstest_csv is not None:
+        report["xstest"] = xstest_report(xstest_csv, ps)
+    if rbr_jsonl:
+        report["openai_rbr_gold"] = rbr_report(list(rbr_jsonl), ps)
+    if out_json is not None:
+        write_json(out_json, report)
+    click.echo(json.dumps(report, indent=2, sort_keys=True))
 
 
 if __name__ == "__main__":  # pragma: no cover

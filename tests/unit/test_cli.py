@@ -48,3 +48,24 @@ def test_judge_refusals_missing_column_is_clean_error(tmp_path: Path) -> None:
 def test_main_is_a_group() -> None:
     res = CliRunner().invoke(main, ["--help"])
     assert res.exit_code == 0 and "judge-refusals" in res.output
+
+
+def test_refusal_report_command(tmp_path: Path) -> None:
+    import json
+
+    gold = tmp_path / "x.csv"
+    pl.DataFrame({
+        "prompt_id": [1, 1, 2, 2],
+        "completion": ["I'm sorry, but I can't help with that.", "Sure, here it is.",
+                       "I cannot assist with this request.", "Aspirin is acetylsalicylic acid."],
+        "final_label": ["2_full_refusal", "1_full_compliance", "3_partial_refusal",
+                        "2_full_refusal"],
+    }).write_csv(gold)
+    out = tmp_path / "r.json"
+    res = CliRunner().invoke(main, ["refusal-report", "--xstest", str(gold), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(out.read_text())["xstest"]
+    assert rep["all"]["accuracy"] == 0.75 and rep["all"]["n"] == 4.0
+    assert rep["dev"]["n"] + rep["heldout"]["n"] == 4.0
+    res = CliRunner().invoke(main, ["refusal-report"])
+    assert res.exit_code == 1 and "--xstest" in res.output
