@@ -22,8 +22,8 @@ _DIR = click.Path(file_okay=False, path_type=Path)
               default=Path("params.yaml"), show_default=True, help="params file")
 @click.option("--triplets", type=_DIR, default=Path("data/triplets"), show_default=True,
               help="triplet shard set (its test split is evaluated)")
-@click.option("--augmented", type=_DIR, default=Path("data/augmented"), show_default=True,
-              help="augmented shard set (rephrased test prompts, when present)")
+@click.option("--rephrased", type=_DIR, default=Path("data/rephrased_test"), show_default=True,
+              help="augment's rephrased test prompts (used when present)")
 @click.option("--base", type=_DIR, default=Path("models/base"), show_default=True)
 @click.option("--sft", type=_DIR, default=Path("models/sft"), show_default=True)
 @click.option("--dpo", type=_DIR, default=Path("models/dpo"), show_default=True)
@@ -37,12 +37,12 @@ _DIR = click.Path(file_okay=False, path_type=Path)
               help="LLM call cache (judges and baselines)")
 @click.option("--replay-only", is_flag=True, help="fail on any LLM call-cache miss")
 @stage_main
-def main(params_path: Path, triplets: Path, augmented: Path, base: Path, sft: Path, dpo: Path,
+def main(params_path: Path, triplets: Path, rephrased: Path, base: Path, sft: Path, dpo: Path,
          out_dir: Path, metrics_path: Path, plots_dir: Path, cache_dir: Path,
          replay_only: bool) -> None:
     """Evaluate base / SFT / DPO (and baselines) for safety and utility."""
     params = load_section(EvaluateParams, "evaluate", params_path)
-    evaluate(params, EvalPaths(triplets=triplets, augmented=augmented, base=base, sft=sft,
+    evaluate(params, EvalPaths(triplets=triplets, rephrased=rephrased, base=base, sft=sft,
                                dpo=dpo, out_dir=out_dir, metrics=metrics_path,
                                plots_dir=plots_dir, cache_dir=cache_dir,
                                replay_only=replay_only))

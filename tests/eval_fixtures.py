@@ -53,21 +53,27 @@ def write_triplets(out_dir: Path, n_per_cell: int = 2) -> Path:
     return out_dir
 
 
-def write_augmented(out_dir: Path, n_rephrased: int = 2) -> Path:
-    """Train rows (never evaluated) plus ``n_rephrased`` rephrased test prompts."""
+REPHRASE = {"rephraser_model": "fake", "rephrase_version": "r", "prompt_cache_key": ""}
+
+
+def write_rephrased(out_dir: Path, n_rephrased: int = 2) -> Path:
+    """Like augment's ``data/rephrased_test``: ``n_rephrased`` rephrased test prompts, plus two
+    rows flagged ``rephrased_test = false`` that evaluate must ignore."""
     from librachem.shards import write_shards
     from librachem.triplets import AUGMENTED_SCHEMA, row_id, rows_to_table
 
     rows = []
     for r in triplet_rows(1, "train")[:2]:
         rows.append({**r, "parent_row_id": r["row_id"], "prompt_variant": 0, "chosen_variant": 0,
-                     "rejected_variant": 0, "rephrased_test": False, "phase": "augment"})
+                     "rejected_variant": 0, "rephrased_test": False, "phase": "augment",
+                     **REPHRASE})
     for r in triplet_rows(1, "test")[:n_rephrased]:
         prompt = "Could you explain how one prepares " + r["subject"] + "?"
         rows.append({**r, "prompt": prompt, "row_id": row_id(prompt, r["chosen"], r["rejected"]),
                      "parent_row_id": r["row_id"], "prompt_variant": 1, "chosen_variant": 0,
-                     "rejected_variant": 0, "rephrased_test": True, "phase": "augment"})
-    write_shards(out_dir, {"all": rows_to_table(rows, AUGMENTED_SCHEMA)}, AUGMENTED_SCHEMA)
+                     "rejected_variant": 0, "rephrased_test": True, "phase": "augment",
+                     **REPHRASE})
+    write_shards(out_dir, {"test": rows_to_table(rows, AUGMENTED_SCHEMA)}, AUGMENTED_SCHEMA)
     return out_dir
 
 

@@ -5,8 +5,8 @@ and utility.
 Flow (:func:`evaluate`):
 
 1. Prompts: the ``test`` split of ``data/triplets`` (compound-disjoint from training; both
-   labels, both modes) plus, when present and enabled, the rephrased test prompts of
-   ``data/augmented`` (``rephrased_test``), optionally a seeded sample stratified by
+   labels, both modes) plus, when present and enabled, augment's rephrased test prompts
+   (``data/rephrased_test``, rows with ``rephrased_test`` true), optionally a seeded sample stratified by
    (source, label, mode); plus the 450 XSTest prompts when ``xstest.enabled``.
 2. Generation: local models (``base``; ``sft`` when its stage wrote an adapter; ``dpo``)
    composed by :func:`librachem.adapters.load_aligned` and run in batches by
@@ -150,7 +150,7 @@ class EvalPaths:
     """Every path the stage reads or writes (all from ``dvc.yaml``)."""
 
     triplets: Path
-    augmented: Path | None
+    rephrased: Path | None   # augment's rephrased test prompts (data/rephrased_test)
     base: Path
     sft: Path | None
     dpo: Path | None
@@ -220,7 +220,7 @@ def _prompt_rows(table: pa.Table, source: str) -> list[dict[str, Any]]:
     return rows
 
 
-def load_prompts(triplets_dir: Path, augmented_dir: Path | None, params: PromptParams) -> list[dict]:
+def load_prompts(triplets_dir: Path, rephrased_dir: Path | None, params: PromptParams) -> list[dict]:
     """Test prompts (+ rephrased test prompts), deduplicated on (row_id, source).
 
     Returns dicts with row_id, source (``test``/``rephrased``), prompt, label, intent, mode,
@@ -237,13 +237,13 @@ def load_prompts(triplets_dir: Path, augmented_dir: Path | None, params: PromptP
     if "test" not in manifest.get("splits", {}):
         raise DataError(f"{triplets_dir}: no test split; generate writes both splits")
     rows = _prompt_rows(read_shards(triplets_dir, TRIPLET_SCHEMA, split="test"), "test")
-    if params.include_rephrased and augmented_dir is not None and (augmented_dir / "manifest.json").is_file():
+    if params.include_rephrased and rephrased_dir is not None and (rephrased_dir / "manifest.json").is_file():
         import pyarrow.compute as pc
 
-        aug = read_shards(augmented_dir, AUGMENTED_SCHEMA)
+        aug = read_shards(rephrased_dir, AUGMENTED_SCHEMA)
         aug = aug.filter(pc.equal(aug["rephrased_test"], True))
         rows += _prompt_rows(aug, "rephrased")
-        log.info("%d rephrased test prompts from %s", aug.num_rows, augmented_dir)
+        log.info("%d rephrased test prompts from %s", aug.num_rows, rephrased_dir)
     seen: set[tuple[str, str]] = set()
     unique = []
     for r in rows:
@@ -577,7 +577,7 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     from librachem.refusal import patterns_version
 
     t0 = time.perf_counter()
-    prompts = load_prompts(paths.triplets, paths.augmented, params.prompts)
+    prompts = load_prompts(paths.triplets, paths.rephrased, params.prompts)
     n_all = len(prompts)
     prompts = stratified_sample(prompts, params.prompts.max_prompts, params.prompts.seed)
     if params.xstest.enabled:

@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from librachem.llm.base import ChatRequest
-from tests.eval_fixtures import write_augmented, write_random_adapter, write_triplets
+from tests.eval_fixtures import write_random_adapter, write_rephrased, write_triplets
 from tests.tiny_model import save_tiny_base
 
 
@@ -35,7 +35,7 @@ def models(tmp_path_factory):
 
 def _workspace(tmp_path, evaluate_params):
     write_triplets(tmp_path / "triplets", n_per_cell=2)
-    write_augmented(tmp_path / "augmented", n_rephrased=2)
+    write_rephrased(tmp_path / "rephrased", n_rephrased=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": evaluate_params}))
     return tmp_path
 
@@ -45,7 +45,7 @@ def _invoke(ws, models, *extra):
 
     return CliRunner().invoke(main, [
         "--params", str(ws / "params.yaml"), "--triplets", str(ws / "triplets"),
-        "--augmented", str(ws / "augmented"), "--base", str(models / "base"),
+        "--rephrased", str(ws / "rephrased"), "--base", str(models / "base"),
         "--sft", str(models / "sft"), "--dpo", str(models / "dpo"), "--out", str(ws / "eval"),
         "--metrics", str(ws / "eval.json"), "--plots", str(ws / "plots"),
         "--cache-dir", str(ws / "cache"), *extra])

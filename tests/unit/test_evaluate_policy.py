@@ -8,7 +8,7 @@ from librachem.config import validate_section
 from librachem.errors import ConfigError, DataError, SchemaError
 from librachem.evaluate import (EvaluateParams, JudgeParams, PromptParams, XSTestParams, combine,
                                 finish_row, load_prompts, load_xstest, stratified_sample)
-from tests.eval_fixtures import write_augmented, write_triplets
+from tests.eval_fixtures import write_rephrased, write_triplets
 
 
 def row(**kw):
@@ -73,7 +73,7 @@ def test_finish_row_harmful_and_leak():
 
 def test_load_prompts_test_split_and_rephrased(tmp_path):
     write_triplets(tmp_path / "t", n_per_cell=2)
-    write_augmented(tmp_path / "a", n_rephrased=3)
+    write_rephrased(tmp_path / "a", n_rephrased=3)
     rows = load_prompts(tmp_path / "t", tmp_path / "a", PromptParams())
     test = [r for r in rows if r["source"] == "test"]
     reph = [r for r in rows if r["source"] == "rephrased"]
