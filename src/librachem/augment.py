@@ -68,11 +68,11 @@ class AugmentParams(Section):
     seed: int = Field(default=7, ge=0)
     n_prompt_variants: int = Field(default=2, ge=0, le=20)
     n_chosen_variants: int = Field(default=1, ge=0, le=20)
-    n_rejected_variants: int = Field(default=1, ge=0, le=20)
+    n_rejected_variants: int = Field(default=0, ge=0, le=20)
     combination: Literal["product", "zip", "sample"] = "product"
     max_per_parent: int = Field(default=4, ge=1)
     test_prompt_variants: int = Field(default=1, ge=0, le=20)
-    rephraser: LLMParams = LLMParams(max_tokens=96)
+    rephraser: LLMParams = LLMParams(max_tokens=80)
     prompt_max_tokens: int = Field(default=48, ge=1)
     length_band: tuple[float, float] = (0.4, 2.5)
     accept_unsure: bool = True
