@@ -58,6 +58,8 @@ def main() -> None:
     batched = client.complete(reqs)
     t_batched = time.perf_counter() - t0
 
+    print(f"batched: {sum(c.completion_tokens for c in batched)} tokens in {t_batched:.1f} s",
+          flush=True)
     client.batch_size = 1
     t0 = time.perf_counter()
     single = client.complete(reqs)
