@@ -11,6 +11,7 @@ import json
 import re
 from typing import Any
 
+from librachem.errors import ConfigError
 from librachem.llm.base import ChatRequest
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
@@ -52,8 +53,16 @@ def extract_json(text: str) -> Any:
 
 def parse_json_reply(text: str | None, schema: dict[str, Any]) -> tuple[Any, str | None]:
     """Return ``(value, None)`` when ``text`` holds JSON valid under ``schema``, else
-    ``(None, reason)``; never raises on bad model output."""
-    import jsonschema  # lazy: only needed when a schema is requested
+    ``(None, reason)``; never raises on bad model output.
+
+    Raises:
+        ConfigError: the ``jsonschema`` package is missing.
+    """
+    try:
+        import jsonschema  # lazy: only needed when a schema is requested
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ConfigError("JSON-schema replies need the `jsonschema` package "
+                          "(pip install jsonschema==4.26.0)") from exc
 
     if not text or not text.strip():
         return None, "empty reply"
