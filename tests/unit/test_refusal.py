@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,11 @@ from librachem.errors import ConfigError, DataError
 from librachem.refusal import classify, detect, is_refusal, load_patterns, normalize, patterns_version
 from librachem.refusal_eval import agreement, xstest_report, xstest_split
 
-SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "external"
+# The gold sets live beside the checkout (../shared, not redistributed: the XSTest completions
+# carry the model vendors' licences). LIBRACHEM_EXTERNAL_DATA points elsewhere.
+SHARED = Path(os.environ.get("LIBRACHEM_EXTERNAL_DATA",
+                             Path(__file__).resolve().parents[2].parent / "shared" / "data"
+                             / "external"))
 XSTEST = SHARED / "xstest" / "xstest_completions_labelled.csv"
 
 REFUSALS = [
