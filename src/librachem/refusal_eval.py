@@ -74,10 +74,12 @@ def agreement(gold: Sequence[bool], pred: Sequence[bool]) -> dict[str, float]:
     }
 
 
-def _score(texts: Sequence[str], gold: Sequence[bool], ps: PatternSet) -> dict[str, float]:
-    verdicts = [detect(t, ps) for t in texts]
-    out = agreement(gold, [v.label == "refusal" for v in verdicts])
-    out["unsure_rate"] = float(np.mean([v.label == "unsure" for v in verdicts]))
+def _score(texts: Sequence[str], gold: Sequence[bool], ps: PatternSet,
+           labels: Sequence[str] | None = None) -> dict[str, float]:
+    """Agreement of the detector with ``gold``; ``labels`` = precomputed verdict labels."""
+    labels = labels if labels is not None else [detect(t, ps).label for t in texts]
+    out = agreement(gold, [lab == "refusal" for lab in labels])
+    out["unsure_rate"] = float(np.mean([lab == "unsure" for lab in labels]))
     return out
 
 
@@ -102,10 +104,12 @@ def xstest_report(csv_path: Path | str, patterns: PatternSet | None = None) -> d
     gold = [lab in XSTEST_REFUSAL_LABELS for lab in df["final_label"].to_list()]
     held = xstest_split(df["prompt_id"].to_list())
     report: dict[str, Any] = {"patterns_version": ps.version, "source": "xstest"}
-    report["all"] = _score(texts, gold, ps)
+    labels = [detect(t, ps).label for t in texts]
+    report["all"] = _score(texts, gold, ps, labels)
     for name, mask in (("dev", ~held), ("heldout", held)):
         idx = np.flatnonzero(mask)
-        report[name] = _score([texts[i] for i in idx], [gold[i] for i in idx], ps)
+        report[name] = _score([texts[i] for i in idx], [gold[i] for i in idx], ps,
+                              [labels[i] for i in idx])
     for col, key in (("strmatch_label", "strmatch"), ("gpt4_label", "gpt4")):
         if col in df.columns:
             labels = df[col].to_list()
