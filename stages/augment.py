@@ -29,7 +29,8 @@ _File = click.Path(dir_okay=False, path_type=Path)
               help="LLM call cache")
 @click.option("--base-model-dir", type=_Dir, default=Path("models/base"), show_default=True,
               help="folder the alias smollm2-135m-instruct resolves to")
-@click.option("--replay-only", is_flag=True, help="fail on any LLM call-cache miss")
+@click.option("--replay-only", is_flag=True, envvar="LIBRACHEM_REPLAY_ONLY",
+              help="fail on any LLM call-cache miss (or set LIBRACHEM_REPLAY_ONLY=1)")
 @stage_main
 def main(params_path: Path, triplets_dir: Path, out_dir: Path, test_out_dir: Path,
          metrics_path: Path, cache_dir: Path, base_model_dir: Path, replay_only: bool) -> None:

@@ -35,7 +35,8 @@ _DIR = click.Path(file_okay=False, path_type=Path)
               show_default=True)
 @click.option("--cache-dir", type=_DIR, default=Path(".llm-cache"), show_default=True,
               help="LLM call cache (judges and baselines)")
-@click.option("--replay-only", is_flag=True, help="fail on any LLM call-cache miss")
+@click.option("--replay-only", is_flag=True, envvar="LIBRACHEM_REPLAY_ONLY",
+              help="fail on any LLM call-cache miss (or set LIBRACHEM_REPLAY_ONLY=1)")
 @stage_main
 def main(params_path: Path, triplets: Path, rephrased: Path, base: Path, sft: Path, dpo: Path,
          out_dir: Path, metrics_path: Path, plots_dir: Path, cache_dir: Path,

