@@ -50,8 +50,8 @@ ROW_REASONS = (*ANSWER_REASONS, "identical")
 class SplitCaps(Section):
     """Maximum requests per split (0 = every request the seeds give)."""
 
-    train: int = Field(default=144, ge=0)
-    test: int = Field(default=40, ge=0)
+    train: int = Field(default=112, ge=0)
+    test: int = Field(default=32, ge=0)
 
 
 class HazardParams(Section):
