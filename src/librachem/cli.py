@@ -7,6 +7,8 @@ Sub-commands here are user tools that run outside the DVC pipeline (the stages l
 Commands:
     judge-refusals  add a boolean ``refused`` column to a CSV with the rule-tier refusal
                     detector (:mod:`librachem.refusal`); offline, no model.
+    check-params    validate every params.yaml section.
+    profile         apply a packaged params profile (``paper``: paper scale) to params.yaml.
     refusal-report  accuracy, Cohen's kappa and per-class F1 of that detector on XSTest's
                     human-labelled completions (and the OpenAI RBR gold set), as JSON.
 """
@@ -85,6 +87,34 @@ def refusal_report(xstest_csv: Path | None, rbr_jsonl: tuple[Path, ...], pattern
     if out_json is not None:
         write_json(out_json, report)
     click.echo(json.dumps(report, indent=2, sort_keys=True))
+
+
+@main.command("check-params")
+@click.option("--params", "params_path", default=Path("params.yaml"), show_default=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@stage_main
+def check_params(params_path: Path) -> None:
+    """Validate every section of a params file (what each stage checks before any work)."""
+    from librachem.config import read_yaml, validate_all
+
+    sections = validate_all(read_yaml(params_path))
+    click.echo(f"{params_path}: {len(sections)} sections valid ({', '.join(sections)})")
+
+
+@main.command("profile")
+@click.argument("name")
+@click.option("--params", "params_path", default=Path("params.yaml"), show_default=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", "out_path", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the merged params (default: overwrite --params).")
+@stage_main
+def profile(name: str, params_path: Path, out_path: Path | None) -> None:
+    """Apply a packaged params profile (e.g. `paper`) over params.yaml and validate it."""
+    from librachem.profiles import write_profile
+
+    out_path = out_path or params_path
+    write_profile(params_path, name, out_path)
+    click.echo(f"wrote {out_path} with profile {name!r}; run `dvc repro` (or `dvc exp run`)")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -117,3 +117,47 @@ def load_section(model: type[S], section: str, path: Path | str = DEFAULT_PARAMS
     if section not in data:
         raise ConfigError(f"{path}: section {section!r} is missing")
     return validate_section(model, section, data[section])
+
+
+# Every params.yaml section and the model that validates it (stage name = section name).
+SECTIONS: dict[str, str] = {
+    "seeds": "librachem.seeds:SeedsParams",
+    "base_model": "librachem.base_model:BaseModelParams",
+    "generate": "librachem.generate:GenerateParams",
+    "augment": "librachem.augment:AugmentParams",
+    "sft": "librachem.sft:SftParams",
+    "dpo": "librachem.dpo:DpoParams",
+    "evaluate": "librachem.evaluate:EvaluateParams",
+}
+
+
+def section_model(section: str) -> type[BaseModel]:
+    """The pydantic model of ``section`` (imported lazily: some pull in heavy modules)."""
+    import importlib
+
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown params section {section!r}; expected one of {sorted(SECTIONS)}")
+    module, name = SECTIONS[section].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def validate_all(data: dict[str, Any]) -> dict[str, BaseModel]:
+    """Validate every section of a whole params mapping.
+
+    Raises:
+        ConfigError: an unknown or missing section, or any invalid value (all listed).
+    """
+    unknown = sorted(set(data) - set(SECTIONS))
+    missing = sorted(set(SECTIONS) - set(data))
+    problems = [f"{s}: unknown section" for s in unknown] + [f"{s}: section is missing"
+                                                             for s in missing]
+    out: dict[str, BaseModel] = {}
+    for section in SECTIONS:
+        if section in data:
+            try:
+                out[section] = validate_section(section_model(section), section, data[section])
+            except ConfigError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return out

@@ -1,0 +1,92 @@
+"""Contract: every params.yaml section, every profile, and every packaged template load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from librachem.cli import main
+from librachem.config import SECTIONS, read_yaml, validate_all, validate_section, section_model
+from librachem.errors import ConfigError
+from librachem.profiles import apply_profile, available_profiles
+
+ROOT = Path(__file__).resolve().parents[2]
+PARAMS = ROOT / "params.yaml"
+
+
+def test_every_section_of_params_yaml_validates():
+    data = read_yaml(PARAMS)
+    assert set(data) == set(SECTIONS)
+    models = validate_all(data)
+    assert set(models) == set(SECTIONS)
+
+
+def test_section_names_match_stages_and_modules():
+    dvc = read_yaml(ROOT / "dvc.yaml")["stages"]
+    assert set(dvc) == set(SECTIONS)
+    for name in SECTIONS:
+        assert (ROOT / "stages" / f"{name}.py").is_file()
+        assert (ROOT / "src" / "librachem" / f"{name}.py").is_file()
+        assert dvc[name]["params"] == [name], f"stage {name} must read only its own section"
+
+
+def test_yaml_1_2_floats_load_as_floats(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("dpo:\n  learning_rate: 5e-6\n  other: 1E3\n  text: '5e-6'\n")
+    data = read_yaml(path)
+    assert data["dpo"]["learning_rate"] == pytest.approx(5e-6)
+    assert isinstance(data["dpo"]["other"], float)
+    assert data["dpo"]["text"] == "5e-6"
+
+
+def test_errors_name_key_value_and_expectation():
+    model = section_model("dpo")
+    raw = read_yaml(PARAMS)["dpo"]
+    with pytest.raises(ConfigError) as err:
+        validate_section(model, "dpo", {**raw, "beta": "high"})
+    assert "dpo.beta = 'high'" in str(err.value) and "number" in str(err.value)
+    with pytest.raises(ConfigError, match=r"dpo.betta: unknown key"):
+        validate_section(model, "dpo", {**raw, "betta": 0.1})
+
+
+def test_unknown_and_missing_sections_fail():
+    data = read_yaml(PARAMS)
+    with pytest.raises(ConfigError, match="sfft: unknown section"):
+        validate_all({**data, "sfft": {}})
+    without = {k: v for k, v in data.items() if k != "evaluate"}
+    with pytest.raises(ConfigError, match="evaluate: section is missing"):
+        validate_all(without)
+
+
+@pytest.mark.parametrize("name", available_profiles())
+def test_profiles_validate(name):
+    merged = apply_profile(read_yaml(PARAMS), name)
+    assert set(merged) == set(SECTIONS)
+
+
+def test_paper_profile_is_paper_scale():
+    p = apply_profile(read_yaml(PARAMS), "paper")
+    assert p["seeds"]["ratio"] == "1:2"
+    assert p["generate"]["generator"]["backend"] == "openai"
+    assert p["evaluate"]["judge"]["llm"]["backend"] == "openai"
+    assert (p["augment"]["n_prompt_variants"], p["augment"]["n_chosen_variants"],
+            p["augment"]["n_rejected_variants"]) == (5, 5, 5)
+    assert p["dpo"]["precision"] == "bf16" and p["dpo"]["qlora"] is True
+    assert p["base_model"]["pretrained"]
+
+
+def test_cli_profile_and_check_params(tmp_path):
+    out = tmp_path / "params.yaml"
+    runner = CliRunner()
+    res = runner.invoke(main, ["profile", "paper", "--params", str(PARAMS), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(main, ["check-params", "--params", str(out)])
+    assert res.exit_code == 0 and "7 sections valid" in res.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(out.read_text().replace("beta: 0.1", "beta: -3"))
+    res = runner.invoke(main, ["check-params", "--params", str(bad)])
+    assert res.exit_code != 0 and "dpo.beta" in res.output
+    res = runner.invoke(main, ["profile", "nope", "--params", str(PARAMS), "--out", str(out)])
+    assert res.exit_code != 0 and "unknown profile" in res.output
