@@ -44,7 +44,9 @@ STAGES = ["seeds", "base_model", "generate", "augment", "sft", "dpo", "evaluate"
 def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> str:
     """Run a command in ``cwd`` with the test venv first on PATH; return stdout+stderr."""
     full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
-                "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+                "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
+                # the small profile's fake LLM scripts live in the project's tests/ package
+                "PYTHONPATH": str(cwd), **(env or {})}
     proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=900)
     out = proc.stdout + proc.stderr
@@ -112,6 +114,7 @@ def project(tmp_path_factory) -> Path:
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q", "-b", "main"], proj)
     dvc("remote", "modify", "local", "url", str(root / "remote"), cwd=proj)
+    git_commit(proj, "small profile")  # DVCLive needs a repository with a commit
     out = dvc("repro", cwd=proj)
     assert ran_stages(out) == set(STAGES), out[-4000:]
     git_commit(proj, "first run")
