@@ -29,7 +29,8 @@ def _triplets(tmp_path, markers=()):
 
 
 def _params(**kw):
-    base = {"rephraser": FAKE, "near_dup_threshold": 0.99, "chunk_size": 8}
+    base = {"rephraser": FAKE, "near_dup_threshold": 0.99, "chunk_size": 8,
+            "n_prompt_variants": 2, "n_chosen_variants": 1, "n_rejected_variants": 1}
     base.update(kw)
     return AugmentParams.model_validate(base)
 
