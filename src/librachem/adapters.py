@@ -28,14 +28,14 @@ def has_adapter(adapter_dir: Path | str | None) -> bool:
 
 def adapter_digest(adapter_dir: Path | str | None) -> str | None:
     """sha256 of the adapter weights, or None when there is no adapter."""
-    from librachem.training import file_sha256
+    from librachem.hashing import sha256_file
 
     if not has_adapter(adapter_dir):
         return None
     weights = Path(adapter_dir) / ADAPTER_WEIGHTS
     if not weights.is_file():
         raise TrainingError(f"{adapter_dir}: {ADAPTER_CONFIG} without {ADAPTER_WEIGHTS}")
-    return file_sha256(weights)
+    return sha256_file(weights)
 
 
 def load_sft_merged(base_dir: Path | str, sft_dir: Path | str | None = None) -> Any:

@@ -28,6 +28,7 @@ from pydantic import Field
 from librachem.atomic import write_json
 from librachem.config import Section
 from librachem.errors import ConfigError, DataError
+from librachem.hashing import sha256_file
 from librachem.llm.models import PROVENANCE_FILE
 
 log = logging.getLogger(__name__)
@@ -82,13 +83,6 @@ def locate_gguf(package: str, gguf_file: str) -> Path:
     raise ConfigError(f"base_model.gguf_file = {gguf_file!r} not found in package {package!r}")
 
 
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def convert_base_model(params: BaseModelParams, out_dir: Path) -> dict[str, Any]:
@@ -125,36 +119,15 @@ def convert_base_model(params: BaseModelParams, out_dir: Path) -> dict[str, Any]
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
 
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        _check_reload(model, tokenizer, tmp)
-        provenance = {
-            "revision": f"gguf-sha256:{digest}",
-            "source_package": params.package,
-            "source_version": importlib.metadata.version(params.package),
-            "gguf_file": params.gguf_file,
-            "gguf_sha256": digest,
-            "dtype": "float32",
-            "n_params": sum(p.numel() for p in model.parameters()),
-            "model_max_length": params.model_max_length,
-            "transformers": transformers.__version__,
-            "torch": torch.__version__,
-        }
-        write_json(tmp / PROVENANCE_FILE, provenance)
-        # mkdtemp/mkstemp create owner-only modes; the folder is a shared artefact.
-        tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    provenance = {
+        "revision": f"gguf-sha256:{digest}",
+        "source_package": params.package,
+        "source_version": importlib.metadata.version(params.package),
+        "gguf_file": params.gguf_file,
+        "gguf_sha256": digest,
+    }
+    provenance = _save_folder(model, tokenizer, Path(out_dir), provenance, params,
+                              check_reload=True)
     log.info("wrote %s (%d params)", out_dir, provenance["n_params"])
     return provenance
 
@@ -179,17 +152,38 @@ def _copy_pretrained(params: BaseModelParams, out_dir: Path) -> dict[str, Any]:
     if not tokenizer.chat_template:
         raise DataError(f"base_model.pretrained = {params.pretrained!r} carries no chat template")
     tokenizer.model_max_length = params.model_max_length
+    provenance = _save_folder(model, tokenizer, out_dir, {"pretrained": params.pretrained},
+                              params, check_reload=False)
+    log.info("copied %s to %s (%d params)", params.pretrained, out_dir, provenance["n_params"])
+    return provenance
+
+
+def _save_folder(model: Any, tokenizer: Any, out_dir: Path, provenance: dict[str, Any],
+                 params: BaseModelParams, *, check_reload: bool) -> dict[str, Any]:
+    """Save model + tokenizer as fp32 safetensors into ``out_dir`` (replaced whole).
+
+    Written to a temporary sibling first and renamed into place, so a killed run never leaves
+    a half-written folder. Without a ``revision`` in ``provenance`` the revision is the
+    SHA-256 of the saved weights. Returns the full provenance written to
+    ``librachem_model.json``.
+    """
+    import torch
+    import transformers
+
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        digest = hashlib.sha256()
-        for f in sorted(tmp.glob("*.safetensors")):
-            digest.update(sha256_file(f).encode())
+        if check_reload:
+            _check_reload(model, tokenizer, tmp)
+        if "revision" not in provenance:
+            digest = hashlib.sha256()
+            for f in sorted(tmp.glob("*.safetensors")):
+                digest.update(sha256_file(f).encode())
+            provenance = {"revision": f"weights-sha256:{digest.hexdigest()}", **provenance}
         provenance = {
-            "revision": f"weights-sha256:{digest.hexdigest()}",
-            "pretrained": params.pretrained,
+            **provenance,
             "dtype": "float32",
             "n_params": sum(p.numel() for p in model.parameters()),
             "model_max_length": params.model_max_length,
@@ -197,14 +191,16 @@ def _copy_pretrained(params: BaseModelParams, out_dir: Path) -> dict[str, Any]:
             "torch": torch.__version__,
         }
         write_json(tmp / PROVENANCE_FILE, provenance)
+        # mkdtemp/mkstemp create owner-only modes; the folder is a shared artefact.
         tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
         if out_dir.exists():
             shutil.rmtree(out_dir)
         tmp.rename(out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("copied %s to %s (%d params)", params.pretrained, out_dir, provenance["n_params"])
     return provenance
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from librachem.hashing import sha256_file
 from librachem.atomic import atomic_path, write_json
 from librachem.errors import SchemaError
 
@@ -45,12 +46,6 @@ def schema_hash(schema: pa.Schema) -> str:
     return hashlib.sha256(json.dumps(desc).encode("utf-8")).hexdigest()
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -114,7 +109,7 @@ def write_shards(
             with atomic_path(out / name) as tmp:
                 pq.write_table(part, tmp, compression="zstd", write_statistics=False)
             shards.append({"name": name, "split": split, "rows": part.num_rows,
-                           "sha256": _sha256(out / name)})
+                           "sha256": sha256_file(out / name)})
     manifest = {
         "format": FORMAT,
         "schema_hash": schema_hash(schema),
@@ -150,7 +145,7 @@ def read_manifest(in_dir: Path | str) -> dict[str, Any]:
         shard_path = folder / shard["name"]
         if not shard_path.is_file():
             raise SchemaError(f"{folder}: shard {shard['name']} listed in the manifest is missing")
-        if _sha256(shard_path) != shard["sha256"]:
+        if sha256_file(shard_path) != shard["sha256"]:
             raise SchemaError(f"{folder}: shard {shard['name']} differs from its manifest checksum")
     return manifest
 

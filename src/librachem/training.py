@@ -8,7 +8,6 @@ model card. The stage-specific parts live in :mod:`librachem.sft` and :mod:`libr
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -22,6 +21,7 @@ from pydantic import Field, field_validator
 from librachem.atomic import write_bytes, write_json
 from librachem.chat_format import Format
 from librachem.config import Section
+from librachem.hashing import sha256_file
 from librachem.errors import DataError, TrainingError
 
 log = logging.getLogger(__name__)
@@ -275,12 +275,6 @@ class LiveCurves:
         return _Callback()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def versions() -> dict[str, str]:
@@ -298,8 +292,8 @@ def base_identity(base_dir: Path) -> dict[str, Any]:
     base = Path(base_dir)
     weights = sorted(base.glob("*.safetensors"))
     return {"path": str(base),
-            "config_sha256": file_sha256(base / "config.json"),
-            "weights_sha256": {w.name: file_sha256(w) for w in weights}}
+            "config_sha256": sha256_file(base / "config.json"),
+            "weights_sha256": {w.name: sha256_file(w) for w in weights}}
 
 
 def write_effective_config(out_dir: Path, record: dict[str, Any]) -> None:

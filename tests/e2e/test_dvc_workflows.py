@@ -32,6 +32,7 @@ import pytest
 import yaml
 
 from librachem.config import read_yaml
+from librachem.profiles import merge
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -62,16 +63,6 @@ def dvc(*args: str, cwd: Path, check: bool = True, env: dict | None = None) -> s
 def ran_stages(output: str) -> set[str]:
     """Stage names DVC actually ran (not skipped, not restored from the run-cache)."""
     return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def merge(base: dict, overlay: dict) -> dict:
-    out = dict(base)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
 
 
 def set_param(project: Path, dotted: str, value) -> None:
