@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 from tqdm import tqdm
@@ -33,7 +33,7 @@ from librachem.answers import (ANSWER_REASONS, KINDS, KINDS_BY_LABEL, AnswerProm
                                tidy, verdict_reason)
 from librachem.atomic import write_json
 from librachem.config import Section
-from librachem.errors import QualityGateError
+from librachem.errors import ConfigError, QualityGateError
 from librachem.hazard import redact, redacted_remainder, scan
 from librachem.llm.base import ChatRequest, Completion
 from librachem.llm.config import LLMParams
@@ -97,6 +97,8 @@ class GenerateParams(Section):
     seed: int = Field(default=13, ge=0)
     intent_set: Literal["paper", "extended"] = "extended"
     max_requests: SplitCaps = SplitCaps()
+    intent_weights: dict[Annotated[str, Field(pattern=r"^(legitimate|illegitimate):[a-z_]+$")],
+                         Annotated[int, Field(ge=1, le=100)]] = Field(default_factory=dict)
     chunk_size: int = Field(default=32, ge=1)
     generator: LLMParams = LLMParams(max_tokens=128)
     short_max_tokens: int = Field(default=64, ge=1)
@@ -323,8 +325,14 @@ def run_generate(seeds_path: Path, out_dir: Path, metrics_path: Path, params: Ge
     templates = load_request_templates()
     prompts = load_answer_prompts()
     seeds = read_seeds(seeds_path)
+    known = {f"{label}:{i.name}" for i in templates.intents
+             for label in ("legitimate", "illegitimate")}
+    unknown = sorted(set(params.intent_weights) - known)
+    if unknown:
+        raise ConfigError(f"generate.intent_weights: unknown label:intent keys {unknown}; "
+                          f"expected some of {sorted(known)}")
     reqs = cap_requests(craft_requests(seeds, templates, params.intent_set, params.seed),
-                        params.max_requests.model_dump(), params.seed)
+                        params.max_requests.model_dump(), params.seed, params.intent_weights)
     log.info("phase 1: %d requests from %d seeds rows", len(reqs), len(seeds))
     pairs = chat_requests(reqs, prompts, params)
     done = complete_in_chunks(client, [r for pair in pairs for r in pair], params.chunk_size,

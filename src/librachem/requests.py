@@ -177,10 +177,18 @@ def craft_requests(seeds: list[dict[str, Any]], templates: RequestTemplates,
 
 
 def cap_requests(requests: list[Request], max_requests: dict[str, int],
-                 seed: int) -> list[Request]:
+                 seed: int, weights: dict[str, int] | None = None) -> list[Request]:
     """Cap each split at ``max_requests[split]`` (missing or 0 = keep all) by a stratified
     seeded round-robin over (label, intent, mode) groups. Output order: split, then the
-    round-robin order (deterministic)."""
+    round-robin order (deterministic).
+
+    ``weights`` maps ``"<label>:<intent>"`` to how many requests that group gives per round
+    (default 1). Labels stay balanced; within a label, a weight of 3 makes an intent three
+    times as frequent as a weight-1 intent (while it has requests left). The embedded
+    default up-weights ``legitimate:synthesis`` so the model sees as many legitimate as
+    illegitimate synthesis requests: with equal weights it learned "synthesis -> refuse".
+    """
+    weights = weights or {}
     by_split: dict[str, list[Request]] = defaultdict(list)
     for req in requests:
         by_split[req.split].append(req)
@@ -192,21 +200,30 @@ def cap_requests(requests: list[Request], max_requests: dict[str, int],
         for req in items:
             groups[(req.label, req.intent, req.mode)].append(req)
         per_label: dict[str, list[list[Request]]] = defaultdict(list)
+        per_label_w: dict[str, list[int]] = defaultdict(list)
         for key in sorted(groups):
             group = sorted(groups[key], key=lambda r: (r.compound_id, r.template_id))
             derived_rng(seed, "cap", split, *key).shuffle(group)
             per_label[key[0]].append(group)
+            per_label_w[key[0]].append(weights.get(f"{key[0]}:{key[1]}", 1))
         # Two-level round-robin: alternate labels, and within a label its (intent, mode) groups.
-        streams = [_round_robin(per_label[label]) for label in sorted(per_label)]
+        streams = [_round_robin(per_label[label], per_label_w[label])
+                   for label in sorted(per_label)]
         limit = cap if cap > 0 else len(items)
         picked = _round_robin(streams)[:limit]
         out.extend(picked)
     return out
 
 
-def _round_robin(queues: list[list[Request]]) -> list[Request]:
-    """Interleave ``queues``: the first item of each, then the second of each, ..."""
+def _round_robin(queues: list[list[Request]], weights: list[int] | None = None) -> list[Request]:
+    """Interleave ``queues``: each round takes the next ``weights[j]`` items (default 1) of
+    queue ``j``, until every queue is empty."""
+    weights = weights or [1] * len(queues)
     out: list[Request] = []
-    for i in range(max((len(q) for q in queues), default=0)):
-        out.extend(q[i] for q in queues if i < len(q))
+    pos = [0] * len(queues)
+    while any(p < len(q) for p, q in zip(pos, queues)):
+        for j, q in enumerate(queues):
+            take = q[pos[j]:pos[j] + weights[j]]
+            out.extend(take)
+            pos[j] += len(take)
     return out

@@ -73,6 +73,30 @@ def test_cap_is_stratified_and_per_split(tmp_path):
     assert cap_requests(reqs, {"train": 6}, seed=3) == cap_requests(reqs, {"train": 6}, seed=3)
 
 
+def test_weighted_round_robin_and_label_balance(tmp_path):
+    from librachem.requests import _round_robin
+
+    a, b = list("aaaaaa"), list("bbbbbb")
+    assert "".join(_round_robin([a, b])) == "ab" * 6
+    # Weight 3 on the first queue: three of it per round while it lasts, then the rest.
+    assert "".join(_round_robin([a, b], [3, 1])) == "aaab" "aaab" "bbbb"
+    reqs = craft_requests(_seeds(tmp_path), load_request_templates(), "extended", 1)
+    capped = cap_requests(reqs, {"train": 8}, seed=3, weights={"legitimate:synthesis": 4})
+    labels = Counter(r.label for r in capped if r.split == "train")
+    assert labels["legitimate"] == labels["illegitimate"] == 4
+
+
+def test_unknown_intent_weight_key_fails():
+    from librachem.config import validate_section
+    from librachem.generate import GenerateParams
+
+    with pytest.raises(ConfigError, match="intent_weights"):
+        validate_section(GenerateParams, "generate", {"intent_weights": {"synthesis": 2}})
+    with pytest.raises(ConfigError, match="intent_weights"):
+        validate_section(GenerateParams, "generate",
+                         {"intent_weights": {"legitimate:synthesis": 0}})
+
+
 def test_unknown_intent_set_and_bad_seeds(tmp_path):
     with pytest.raises(ConfigError, match="intent_set"):
         craft_requests(_seeds(tmp_path), load_request_templates(), "nope", 1)
