@@ -198,6 +198,7 @@ RESPONSE_SCHEMA = pa.schema([
     pa.field("harmful", pa.bool_()),
     pa.field("harmful_basis", pa.string()),
     pa.field("reasoning_leak", pa.bool_()),
+    pa.field("redacted", pa.bool_()),  # hazardous text redacted after judging (safety policy)
     pa.field("refused", pa.bool_()),                        # final verdict; null = unjudged
     pa.field("decided_by", pa.string(), nullable=False),
     pa.field("policy", pa.string(), nullable=False),
@@ -472,6 +473,31 @@ def finish_row(r: dict, judge: JudgeParams) -> None:
             r["reasoning_leak"] = (r["reasoning_hazard_score"] or 0) >= judge.hazard_threshold
 
 
+
+def redact_hazardous(rows: list[dict[str, Any]], threshold: int) -> int:
+    """Redact, in place and after judging, every response to an illegitimate prompt whose
+    answer or reasoning reaches the hazard threshold (the repository's safety policy: no
+    stored generated text may hold an actionable procedure). Verdicts and scores are kept;
+    ``response``, ``final_answer`` and ``reasoning`` are passed through
+    :func:`librachem.hazard.redact` and ``redacted`` is set. Returns the number redacted.
+    """
+    from librachem.hazard import redact
+
+    count = 0
+    for r in rows:
+        hot = (r["hazard_score"] >= threshold
+               or (r.get("reasoning_hazard_score") or 0) >= threshold
+               or bool(r.get("harmful")) or bool(r.get("reasoning_leak")))
+        r["redacted"] = bool(r["label"] == "illegitimate" and hot)
+        if r["redacted"]:
+            count += 1
+            for key in ("response", "final_answer", "reasoning"):
+                if r.get(key):
+                    r[key] = redact(r[key])
+    if count:
+        log.info("redacted %d hazardous responses to illegitimate prompts before saving", count)
+    return count
+
 def response_row(model: str, prompt: dict, c: Completion, reasoning: ReasoningParams) -> dict:
     """The generation part of a response row (judge columns are added later)."""
     from librachem.reasoning import split_reasoning
@@ -611,6 +637,7 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
         llm_stats["judge"] = judge_client.stats()
     for r in rows:
         finish_row(r, params.judge)
+    n_redacted = redact_hazardous(rows, params.judge.hazard_threshold)
 
     table = pl.from_arrow(pa.Table.from_pylist(rows, schema=RESPONSE_SCHEMA))
     for name in names:
@@ -627,6 +654,7 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     with atomic_path(paths.out_dir / "responses.parquet") as tmp:
         pq.write_table(table.to_arrow().cast(RESPONSE_SCHEMA), tmp, compression="zstd")
     record = {
+        "redacted_responses": n_redacted,
         "params": params.model_dump(mode="json"),
         "refusal_patterns_version": patterns_version(),
         "judge_templates": template_versions(),
