@@ -142,3 +142,24 @@ def tiny_seeds(path: Path, *, markers: tuple[str, ...] = ()) -> Path:
 def always_sure(request: ChatRequest) -> str:
     """A generator that never refuses (every refusal gate fails)."""
     return "Sure, here it is."
+
+
+class Killed(Exception):
+    """Stands for a kill of the stage process between two LLM chunks."""
+
+
+class DieAfter:
+    """Wraps a client; raises :class:`Killed` after ``n`` complete() calls (a kill between
+    chunks), for the kill-and-resume tests of generate and augment."""
+
+    def __init__(self, inner, n):
+        self.inner, self.n = inner, n
+
+    def complete(self, requests):
+        if self.n == 0:
+            raise Killed
+        self.n -= 1
+        return self.inner.complete(requests)
+
+    def stats(self):
+        return self.inner.stats()

@@ -15,7 +15,7 @@ from librachem.llm.fake import FakeClient
 from librachem.refusal import classify
 from librachem.shards import MANIFEST, read_manifest, read_shards
 from librachem.triplets import AUGMENTED_SCHEMA
-from tests.fakes import generator, tiny_seeds
+from tests.fakes import DieAfter, Killed, generator, tiny_seeds
 
 FAKE = {"backend": "fake", "fake_script": "tests.fakes:generator"}
 
@@ -149,24 +149,6 @@ def test_refuses_incomplete_input_and_gate(tmp_path):
         _augment(tmp_path, trip)
 
 
-class _Killed(Exception):
-    pass
-
-
-class _DieAfter:
-    def __init__(self, inner, n):
-        self.inner, self.n = inner, n
-
-    def complete(self, requests):
-        if self.n == 0:
-            raise _Killed
-        self.n -= 1
-        return self.inner.complete(requests)
-
-    def stats(self):
-        return self.inner.stats()
-
-
 def test_kill_and_resume(tmp_path):
     trip = _triplets(tmp_path)
     params = _params()
@@ -174,8 +156,8 @@ def test_kill_and_resume(tmp_path):
     _augment(tmp_path, trip, params, client=ref, name="ref")
     total = ref.stats()["cache_misses"]
     first = make_client(params.rephraser, cache_dir=tmp_path / "c")
-    with pytest.raises(_Killed):
-        _augment(tmp_path, trip, params, client=_DieAfter(first, 2), name="out")
+    with pytest.raises(Killed):
+        _augment(tmp_path, trip, params, client=DieAfter(first, 2), name="out")
     answered = first.stats()["cache_misses"]
     assert 0 < answered < total
     second = make_client(params.rephraser, cache_dir=tmp_path / "c")

@@ -16,7 +16,7 @@ from librachem.llm.fake import FakeClient
 from librachem.refusal import classify
 from librachem.shards import read_manifest, read_shards
 from librachem.triplets import TRIPLET_SCHEMA
-from tests.fakes import generator, tiny_seeds
+from tests.fakes import DieAfter, Killed, generator, tiny_seeds
 
 FAKE = {"backend": "fake", "fake_script": "tests.fakes:generator"}
 
@@ -148,26 +148,6 @@ def test_shards_load_with_datasets_in_trl_standard_format(tmp_path):
     assert set(ds["test"]["split"]) == {"test"}
 
 
-class _Killed(Exception):
-    pass
-
-
-class _DieAfter:
-    """Wraps a client; raises after ``n`` complete() calls (a kill between chunks)."""
-
-    def __init__(self, inner, n):
-        self.inner, self.n = inner, n
-
-    def complete(self, requests):
-        if self.n == 0:
-            raise _Killed
-        self.n -= 1
-        return self.inner.complete(requests)
-
-    def stats(self):
-        return self.inner.stats()
-
-
 def test_kill_and_resume_makes_no_repeat_calls_and_same_output(tmp_path):
     params = _params()
     seeds = tiny_seeds(tmp_path / "seeds.parquet")
@@ -177,9 +157,9 @@ def test_kill_and_resume_makes_no_repeat_calls_and_same_output(tmp_path):
 
     cache = tmp_path / "cache"
     first = make_client(params.generator, cache_dir=cache)
-    with pytest.raises(_Killed):
+    with pytest.raises(Killed):
         run_generate(seeds, tmp_path / "out", tmp_path / "out.json", params,
-                     _DieAfter(first, 2))
+                     DieAfter(first, 2))
     answered = first.stats()["cache_misses"]
     assert 0 < answered < total
     assert not (tmp_path / "out" / "manifest.json").exists()
