@@ -11,7 +11,8 @@ import pytest
 from librachem.errors import LLMError
 from librachem.llm.client import make_client
 from librachem.llm.config import LLMParams
-from librachem.llm.openai_backend import (RetryableError, backoff_seconds, parse_retry_after)
+from librachem.llm.openai_backend import (RetryableError, backoff_seconds, parse_response,
+                                           parse_retry_after)
 from tests.llm_server import RunningServer
 
 KEY = "sk-test-secret-never-stored-0123456789"
@@ -152,3 +153,29 @@ def test_retry_after_parsing_and_backoff_choice():
     assert backoff_seconds(RetryableError("429", retry_after=3.0), 0.1, 10.0) == 3.0
     assert backoff_seconds(RetryableError("429", retry_after=30.0), 0.1, 10.0) == 10.0
     assert backoff_seconds(RetryableError("500"), 0.1, 10.0) == 0.1
+
+
+@pytest.mark.parametrize("body, reason", [
+    ({}, "KeyError"),
+    ({"choices": []}, "IndexError"),
+    ({"choices": [{"message": {"content": ["not", "text"]}, "finish_reason": "stop"}]},
+     "TypeError"),
+    ({"choices": [{"message": {"content": ""}, "finish_reason": "stop"}]}, "empty content"),
+    ([1, 2], "TypeError"),
+])
+def test_parse_response_rejects_unusable_bodies(body, reason):
+    req = LLMParams(backend="openai", model="m").request([{"role": "user", "content": "hi"}])
+    with pytest.raises(RetryableError, match=reason):
+        parse_response(body, req)
+
+
+def test_parse_response_reads_usage_model_and_finish_reason():
+    req = LLMParams(backend="openai", model="asked").request([{"role": "user", "content": "hi"}])
+    c = parse_response({"choices": [{"message": {"content": "hello"}, "finish_reason": "length"}],
+                        "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+                        "model": "served-2024"}, req)
+    assert (c.text, c.finish_reason, c.prompt_tokens, c.completion_tokens, c.model_id) == \
+        ("hello", "length", 7, 3, "served-2024")
+    odd = parse_response({"choices": [{"message": {"content": "x"}, "finish_reason": None}],
+                          "usage": {"prompt_tokens": "n/a"}}, req)
+    assert (odd.finish_reason, odd.prompt_tokens, odd.model_id) == ("stop", 0, "asked")
