@@ -15,7 +15,6 @@ batch 1 x grad-accum 4, max length 1,024. Our embedded default keeps beta, loss 
 from __future__ import annotations
 
 import logging
-import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,11 +24,9 @@ from librachem.adapters import adapter_digest, has_adapter, load_sft_merged
 from librachem.atomic import write_json
 from librachem.chat_format import apply_format, assistant_turn, drop_unfit_rows, user_turn
 from librachem.errors import TrainingError
-from librachem.sft import gate_drops, is_main_process, run_check
-from librachem.training import (LiveCurves, TrainParams, base_identity, check_finite,
-                                lora_config, quantize_4bit, read_effective_config,
-                                read_train_rows, resolve_device, summarize, trl_common_args,
-                                write_effective_config, write_model_card)
+from librachem.training import (TrainParams, base_identity, fit, gate_drops, is_main_process,
+                                read_effective_config, read_train_rows, resolve_device,
+                                save_adapter)
 
 log = logging.getLogger(__name__)
 
@@ -115,24 +112,19 @@ def train_dpo(params: DpoParams, table: Any, base_dir: Path, sft_dir: Path | Non
         import torch
 
         model = model.to(torch.bfloat16)
-    with tempfile.TemporaryDirectory() as work:
-        if params.qlora:
-            model = quantize_4bit(model, tokenizer, Path(work))
-        peft_config = lora_config(params.lora, model)
-        args = DPOConfig(**trl_common_args(params, Path(work) / "trainer", device),
-                         beta=params.beta, loss_type=list(params.loss_type),
+
+    def make_trainer(model: Any, common: dict[str, Any], peft_config: Any,
+                     callbacks: list[Any]) -> Any:
+        args = DPOConfig(**common, beta=params.beta, loss_type=list(params.loss_type),
                          loss_weights=params.loss_weights, label_smoothing=params.label_smoothing,
                          precompute_ref_log_probs=params.precompute_ref_log_probs)
-        history: list[dict[str, float]] = []
-        trainer = DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset,
-                             processing_class=tokenizer, peft_config=peft_config,
-                             callbacks=[LiveCurves.make(live_dir, CURVE_KEYS, history, is_main)])
-        check = run_check(trainer, tokenizer, params, out_dir, drops, is_main)
-        result = trainer.train()
-    check_finite(history)
-    summary = {**summarize(history, CURVE_KEYS), "global_steps": result.global_step,
-               "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
-               "device": device["device"], "template_check_sequences": check["sequences_checked"]}
+        return DPOTrainer(model=model, ref_model=None, args=args, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=peft_config,
+                          callbacks=callbacks)
+
+    trainer, summary = fit(make_trainer, model=model, tokenizer=tokenizer, params=params,
+                           device=device, out_dir=out_dir, live_dir=live_dir,
+                           curve_keys=CURVE_KEYS, drops=drops, is_main=is_main)
     record = {"stage": "dpo", "params": params.model_dump(mode="json"),
               "inputs": {"base": base_identity(base_dir),
                          "sft_dir": str(sft_dir) if sft_dir is not None else None,
@@ -140,15 +132,11 @@ def train_dpo(params: DpoParams, table: Any, base_dir: Path, sft_dir: Path | Non
                          "reference": "base + SFT merged (policy with the DPO adapter disabled)"},
               "summary": summary, "data": {**counts, **drops.as_dict()}}
     metrics = flat_metrics(summary, record["data"], sft_record)
-    trainer.save_model(str(out_dir))  # every rank: gathers ZeRO-3 / FSDP shards; rank 0 writes
-    if is_main:
-        (out_dir / "training_args.bin").unlink(missing_ok=True)  # pickle; the JSON record replaces it
-        tokenizer.save_pretrained(out_dir)
-        write_effective_config(out_dir, record)
-        write_model_card(out_dir, title="DPO LoRA adapter (LibraChem alignment)", record=record)
-        if summary_path is not None:
-            write_json(summary_path, metrics)
-    log.info("dpo: %d steps, loss %s, reward accuracy %s", result.global_step,
+    save_adapter(trainer, tokenizer, out_dir, record=record,
+                 title="DPO LoRA adapter (LibraChem alignment)", is_main=is_main)
+    if is_main and summary_path is not None:
+        write_json(summary_path, metrics)
+    log.info("dpo: %d steps, loss %s, reward accuracy %s", summary["global_steps"],
              summary.get("loss"), summary.get("rewards/accuracies"))
     return metrics
 

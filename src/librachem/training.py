@@ -362,3 +362,104 @@ def ensure_dirs(*paths: Path) -> None:
     for path in paths:
         Path(path).mkdir(parents=True, exist_ok=True)
 
+
+
+# ---------------------------------------------------------------------------- the training run
+def is_main_process() -> bool:
+    """True on the process that writes files (rank 0 under accelerate; always True alone)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def gate_drops(drops: Any, max_drop_rate: float) -> None:
+    """Raise QualityGateError when too many rows were unfit for training.
+
+    Args:
+        drops: :class:`librachem.chat_format` drop counts (``rows_in``, ``dropped``).
+        max_drop_rate: the section's ``max_drop_rate`` (fraction, 0..1).
+    """
+    from librachem.errors import QualityGateError
+
+    if drops.rows_in and drops.dropped / drops.rows_in > max_drop_rate:
+        raise QualityGateError(f"{drops.dropped} of {drops.rows_in} rows unfit for training "
+                               f"({drops.as_dict()}), above max_drop_rate {max_drop_rate}; "
+                               "raise max_length or fix the data")
+    if drops.rows_in == drops.dropped:
+        raise QualityGateError(f"every row is unfit for training: {drops.as_dict()}")
+
+
+def run_check(trainer: Any, tokenizer: Any, params: TrainParams, out_dir: Path,
+              drops: Any, is_main: bool) -> dict[str, Any]:
+    """Template check over a sample of the trainer's own batches; the report is written next
+    to the adapter before training.
+
+    Raises:
+        TrainingError: a failing check fired (see ``template_check.json``).
+    """
+    from librachem.chat_format import TEMPLATE_VERSIONS, check_trainer_sample
+
+    report = check_trainer_sample(trainer, tokenizer, sample=params.check_sample,
+                                  max_length=params.max_length)
+    record = {**report.as_dict(), "drops": drops.as_dict(), "format": params.format,
+              "template_version": TEMPLATE_VERSIONS[params.format],
+              "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
+              "pad_token": tokenizer.pad_token}
+    if is_main:
+        write_json(Path(out_dir) / TEMPLATE_REPORT, record)
+    if not report.ok:
+        raise TrainingError(f"template check failed ({'; '.join(report.failures())}); "
+                            f"see {Path(out_dir) / TEMPLATE_REPORT}")
+    return record
+
+
+def fit(make_trainer: Any, *, model: Any, tokenizer: Any, params: TrainParams,
+        device: dict[str, Any], out_dir: Path, live_dir: Path, curve_keys: tuple[str, ...],
+        drops: Any, is_main: bool) -> tuple[Any, dict[str, Any]]:
+    """The part of a LoRA run that SFT and DPO share: optional 4-bit quantization, the LoRA
+    config, the trainer, the template check, ``train()``, the finite-loss check, the summary.
+
+    Args:
+        make_trainer: ``(model, common_args, peft_config, callbacks) -> trainer``; builds the
+            stage's TRL config from ``common_args`` (:func:`trl_common_args`) and its trainer.
+        curve_keys: logged keys kept in the summary and sent to DVCLive.
+
+    Returns:
+        ``(trainer, summary)``: summary has first/last of each curve key, ``global_steps``,
+        ``train_runtime_s`` (seconds), ``device`` and ``template_check_sequences``.
+
+    Raises:
+        TrainingError: template check failure, non-finite loss, QLoRA without CUDA, bad LoRA
+            target.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        if params.qlora:
+            model = quantize_4bit(model, tokenizer, Path(work))
+        peft_config = lora_config(params.lora, model)
+        common = trl_common_args(params, Path(work) / "trainer", device)
+        history: list[dict[str, float]] = []
+        callbacks = [LiveCurves.make(live_dir, curve_keys, history, is_main)]
+        trainer = make_trainer(model, common, peft_config, callbacks)
+        check = run_check(trainer, tokenizer, params, out_dir, drops, is_main)
+        result = trainer.train()
+    check_finite(history)
+    summary = {**summarize(history, curve_keys), "global_steps": result.global_step,
+               "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+               "device": device["device"], "template_check_sequences": check["sequences_checked"]}
+    return trainer, summary
+
+
+def save_adapter(trainer: Any, tokenizer: Any, out_dir: Path, *, record: dict[str, Any],
+                 title: str, is_main: bool) -> None:
+    """Write the adapter folder: weights + ``adapter_config.json`` (every rank calls
+    ``save_model``: it gathers ZeRO-3 / FSDP shards, rank 0 writes), tokenizer, effective
+    config and model card. The trainer's pickled ``training_args.bin`` is removed (the JSON
+    effective config replaces it)."""
+    trainer.save_model(str(out_dir))
+    if is_main:
+        (Path(out_dir) / "training_args.bin").unlink(missing_ok=True)
+        tokenizer.save_pretrained(out_dir)
+        write_effective_config(out_dir, record)
+        write_model_card(out_dir, title=title, record=record)
