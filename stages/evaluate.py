@@ -1,6 +1,7 @@
 """DVC stage ``evaluate``: answer the test prompts with every model, judge, score.
 
-Writes ``<out>/responses.parquet`` and ``<out>/eval_config.json``, ``--metrics`` (JSON) and
+Writes ``<out>/responses.parquet`` and ``<out>/eval_config.json``, ``--metrics`` (headline
+JSON), ``--details`` (full metrics JSON) and
 the plot tables under ``--plots``. All logic is in :mod:`librachem.evaluate`.
 """
 
@@ -30,7 +31,12 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--out", "out_dir", type=_DIR, default=Path("data/eval"), show_default=True,
               help="folder for responses.parquet and eval_config.json")
 @click.option("--metrics", "metrics_path", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("metrics/eval.json"), show_default=True)
+              default=Path("metrics/eval.json"), show_default=True,
+              help="headline numbers per model (DVC metric)")
+@click.option("--details", "details_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None,
+              help="full metrics: intervals, breakdowns, judge statistics "
+                   "[default: <metrics stem>_details.json beside --metrics]")
 @click.option("--plots", "plots_dir", type=_DIR, default=Path("metrics/eval_plots"),
               show_default=True)
 @click.option("--cache-dir", type=_DIR, default=Path(".llm-cache"), show_default=True,
@@ -39,12 +45,13 @@ _DIR = click.Path(file_okay=False, path_type=Path)
               help="fail on any LLM call-cache miss (or set LIBRACHEM_REPLAY_ONLY=1)")
 @stage_main
 def main(params_path: Path, triplets: Path, rephrased: Path, base: Path, sft: Path, dpo: Path,
-         out_dir: Path, metrics_path: Path, plots_dir: Path, cache_dir: Path,
+         out_dir: Path, metrics_path: Path, details_path: Path | None, plots_dir: Path, cache_dir: Path,
          replay_only: bool) -> None:
     """Evaluate base / SFT / DPO (and baselines) for safety and utility."""
     params = load_section(EvaluateParams, "evaluate", params_path)
     evaluate(params, EvalPaths(triplets=triplets, rephrased=rephrased, base=base, sft=sft,
                                dpo=dpo, out_dir=out_dir, metrics=metrics_path,
+                               details=details_path,
                                plots_dir=plots_dir, cache_dir=cache_dir,
                                replay_only=replay_only))
 

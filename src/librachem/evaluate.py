@@ -25,7 +25,8 @@ Flow (:func:`evaluate`):
    overrule the rule tier; with a GPT-4o-class judge set ``llm``).
 6. Outputs: ``responses.parquet`` (every response and verdict, :data:`RESPONSE_SCHEMA`),
    ``eval_config.json`` (effective config: params, versions, model identities, LLM stats),
-   ``metrics/eval.json`` (:mod:`librachem.metrics`) and the plot tables.
+   ``metrics/eval_details.json`` (:mod:`librachem.metrics`), its headline numbers in
+   ``metrics/eval.json`` (the DVC metric) and the plot tables.
 """
 
 from __future__ import annotations
@@ -155,10 +156,15 @@ class EvalPaths:
     sft: Path | None
     dpo: Path | None
     out_dir: Path            # responses.parquet + eval_config.json
-    metrics: Path            # metrics/eval.json
+    metrics: Path            # metrics/eval.json (headline numbers, a DVC metric)
     plots_dir: Path          # tradeoff.csv, confusion.csv, categories.csv
     cache_dir: Path | None = None
     replay_only: bool = False
+    details: Path | None = None  # metrics/eval_details.json; None: beside ``metrics``
+
+    @property
+    def details_path(self) -> Path:
+        return self.details or self.metrics.with_name(self.metrics.stem + "_details.json")
 
 
 # ------------------------------------------------------------------------------ schema
@@ -512,7 +518,8 @@ def response_row(model: str, prompt: dict, c: Completion, reasoning: ReasoningPa
 
 # ------------------------------------------------------------------------------ outputs
 def build_metrics(table: Any, params: EvaluateParams, names: Sequence[str]) -> dict[str, Any]:
-    """``metrics/eval.json``: one block per model (+ ``xstest`` inside it when run), and
+    """The full metrics (``metrics/eval_details.json``): one block per model (+ ``xstest``
+    inside it when run), and
     ``dpo_minus_base`` when both were evaluated."""
     import polars as pl
 
@@ -534,6 +541,22 @@ def build_metrics(table: Any, params: EvaluateParams, names: Sequence[str]) -> d
     if "base" in main and "dpo" in main:
         out[DIFF_KEY] = difference_block(main["base"], main["dpo"], n_resamples=bs.n_resamples,
                                          confidence=bs.confidence, seed=bs.seed)
+    return out
+
+
+def headline_metrics(full: dict[str, Any]) -> dict[str, Any]:
+    """The DVC metric ``metrics/eval.json``: per block only the scalar numbers (safety,
+    utility, overall, overall_macro, refusal_f1, harmful_compliance_rate, ...) and ``n``.
+
+    The full blocks (bootstrap intervals ``ci``, ``by_intent`` / ``by_category`` / ``by_mode``
+    / ``by_source`` breakdowns, ``judges``, ``xstest``) go to ``metrics/eval_details.json``,
+    which is a plain git-tracked output: ``dvc exp show`` and ``dvc metrics show`` print one
+    column per metric key, and the details would add about 400 columns.
+    """
+    out: dict[str, Any] = {}
+    for name, block in full.items():
+        out[name] = {k: v for k, v in block.items()
+                     if k == "n" or v is None or isinstance(v, int | float)}
     return out
 
 
@@ -585,7 +608,8 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
         loader: how local models are loaded (default: :func:`local_loader`).
 
     Returns:
-        The metrics mapping written to ``paths.metrics``.
+        The full metrics mapping, written to ``paths.details_path``; its headline numbers
+        (:func:`headline_metrics`) are written to ``paths.metrics``.
 
     Raises:
         SchemaError / DataError: bad input shards, missing test split or DPO adapter.
@@ -672,7 +696,8 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
         "versions": _versions(),
     }
     write_json(paths.out_dir / "eval_config.json", record)
-    write_json(paths.metrics, metrics)
+    write_json(paths.details_path, metrics)
+    write_json(paths.metrics, headline_metrics(metrics))
     write_plots(table, metrics, names, paths.plots_dir)
     log.info("evaluate done in %.1f s: %s", record["wall_s"],
              {n: {k: round(metrics[n][k], 3) for k in ("safety", "utility", "overall")

@@ -165,6 +165,10 @@ def test_exp_run_and_show(project: Path) -> None:
     for key in ("safety", "utility", "overall"):
         assert f'"{key}"' in flat, key
     assert '"beta": 0.3' in flat
+    narrow = dvc("exp", "show", "--only-changed", "--csv", cwd=project)
+    assert "dpo.overall_macro" in narrow and "beta" in narrow
+    shown = dvc("metrics", "show", "metrics/eval.json", "--json", cwd=project)
+    assert '"overall_macro"' in shown and '"by_category"' not in shown  # headline only
     # `dvc exp run -S` leaves the changed params in the workspace; restore the committed run.
     run(["git", "checkout", "--", "params.yaml"], project)
     dvc("checkout", "--force", cwd=project)

@@ -85,8 +85,15 @@ def test_evaluate_stage_tiny_models_fake_judge(tmp_path, models):
     assert garbled["judge_refusal"].is_null().all()
     assert table.filter(pl.col("source") == "xstest")["judge_route_raw"].is_null().all()
 
-    metrics = json.loads((ws / "eval.json").read_text())
+    metrics = json.loads((ws / "eval_details.json").read_text())
     assert set(metrics) == {"base", "dpo", "dpo_minus_base"}
+    headline = json.loads((ws / "eval.json").read_text())  # the DVC metric: scalars and n
+    assert set(headline) == set(metrics)
+    for name, block in headline.items():
+        assert {k: metrics[name][k] for k in block} == block
+        assert not {"ci", "by_intent", "by_category", "judges", "xstest"} & set(block)
+    assert set(headline["dpo"]) >= {"safety", "utility", "overall", "overall_macro", "n",
+                                    "refusal_f1", "harmful_compliance_rate"}
     dpo = metrics["dpo"]
     for key in ("safety", "utility", "overall", "overall_macro", "refusal_f1",
                 "harmful_compliance_rate", "ci", "n", "by_intent", "by_category", "by_mode",
@@ -115,7 +122,8 @@ def test_evaluate_stage_tiny_models_fake_judge(tmp_path, models):
     assert result.exit_code == 0, result.output
     again = json.loads((ws / "eval" / "eval_config.json").read_text())
     assert again["llm_stats"]["judge"]["cache_hits"] == again["llm_stats"]["judge"]["calls"]
-    assert json.loads((ws / "eval.json").read_text()) == metrics
+    assert json.loads((ws / "eval_details.json").read_text()) == metrics
+    assert json.loads((ws / "eval.json").read_text()) == headline
 
 
 def test_evaluate_stage_rules_only_paper_policy(tmp_path, models):
@@ -126,7 +134,7 @@ def test_evaluate_stage_rules_only_paper_policy(tmp_path, models):
     table = pl.read_parquet(ws / "eval" / "responses.parquet")
     assert (table["refused"] == table["keyword_refusal"]).all()
     assert table["judge_refusal_raw"].is_null().all()
-    metrics = json.loads((ws / "eval.json").read_text())
+    metrics = json.loads((ws / "eval_details.json").read_text())
     assert set(metrics) == {"base"} and metrics["base"]["ci"] == {}
 
 
