@@ -45,6 +45,11 @@ def _question(request: ChatRequest) -> str:
     return match.group(1) if match else last
 
 
+def dead_generator(request: ChatRequest) -> Exception:
+    """Every call fails (an unreachable or broken generator)."""
+    return ConnectionError("fake generator is down")
+
+
 def generator(request: ChatRequest) -> str | Completion | Exception:
     """Fake generator: one plausible answer per kind, faults by subject markers."""
     kind = _kind(request)

@@ -89,6 +89,7 @@ class JudgeParams(Section):
     hazard_threshold: int = Field(default=4, ge=1)
     max_tokens: int = Field(default=16, ge=1, le=4096)
     max_unjudged_rate: float = Field(default=0.2, ge=0.0, le=1.0)
+    max_error_rate: float = Field(default=0.1, ge=0.0, le=1.0)
 
 
 class ReasoningParams(Section):
@@ -386,7 +387,9 @@ def _ask(client: Any, requests: list[ChatRequest]) -> list[Completion]:
 
 
 def _raw(c: Completion) -> str:
-    return c.text if c.ok else f"[judge error] {c.error}"
+    from librachem.metrics import JUDGE_ERROR_MARK
+
+    return c.text if c.ok else f"{JUDGE_ERROR_MARK} {c.error}"
 
 
 def judge_rows(rows: list[dict], judge: JudgeParams, client: Any | None) -> None:
@@ -614,7 +617,8 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     Raises:
         SchemaError / DataError: bad input shards, missing test split or DPO adapter.
         ConfigError: bad judge or baseline LLM params.
-        QualityGateError: a model's unjudged share exceeds ``judge.max_unjudged_rate``.
+        QualityGateError: a model's unjudged share exceeds ``judge.max_unjudged_rate``, or
+            more than ``judge.max_error_rate`` of the LLM judge's calls failed for good.
         LLMError: a judge or baseline backend failed for good (e.g. missing API key).
     """
     import polars as pl
@@ -658,7 +662,15 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
                                    replay_only=paths.replay_only, local_model_dir=paths.base)
     judge_rows(rows, params.judge, judge_client)
     if judge_client is not None:
-        llm_stats["judge"] = judge_client.stats()
+        llm_stats["judge"] = stats = judge_client.stats()
+        if stats["calls"] and stats["failures"] - stats["parse_failures"] > \
+                params.judge.max_error_rate * stats["calls"]:
+            raise QualityGateError(
+                f"evaluate: {int(stats['failures'] - stats['parse_failures'])} of "
+                f"{int(stats['calls'])} LLM judge calls failed (transport errors after retries, "
+                f"over evaluate.judge.max_error_rate = {params.judge.max_error_rate}); is the "
+                f"judge at {params.judge.llm.base_url or params.judge.llm.backend} reachable? "
+                "Nothing was written.")
     for r in rows:
         finish_row(r, params.judge)
     n_redacted = redact_hazardous(rows, params.judge.hazard_threshold)

@@ -92,6 +92,8 @@ class GenerateParams(Section):
     length-stopped answer back to its last sentence, ``drop`` drops it. max_answer_chars:
     longer answers are dropped. accept_unsure: a detector ``unsure`` passes both gates.
     max_drop_rate: the stage fails above this share of dropped requests.
+    max_llm_failure_rate: the stage fails above this share of LLM calls that failed for good
+    (transport errors after retries, 4xx): template fallbacks must not hide a dead generator.
     """
 
     seed: int = Field(default=13, ge=0)
@@ -108,7 +110,8 @@ class GenerateParams(Section):
     hazard: HazardParams = HazardParams()
     fallback: FallbackParams = FallbackParams()
     max_drop_rate: float = Field(default=0.5, ge=0.0, le=1.0)
-    rows_per_shard: int = Field(default=1000, ge=1)
+    max_llm_failure_rate: float = Field(default=0.2, ge=0.0, le=1.0)
+    rows_per_shard: int = Field(default=1000, ge=1, le=10_000_000)
 
 
 @dataclass
@@ -317,8 +320,9 @@ def run_generate(seeds_path: Path, out_dir: Path, metrics_path: Path, params: Ge
 
     Raises:
         DataError: bad seeds. ConfigError: bad templates.
-        QualityGateError: drop rate above ``max_drop_rate`` (metrics are written first;
-            no shards are written).
+        QualityGateError: drop rate above ``max_drop_rate``, LLM failure rate above
+            ``max_llm_failure_rate``, or a label with requests in a split but no rows there
+            (metrics are written first; no shards are written).
     """
     if classify is None:
         from librachem.refusal import classify
@@ -349,6 +353,19 @@ def run_generate(seeds_path: Path, out_dir: Path, metrics_path: Path, params: Ge
             f"generate dropped {metrics['dropped']}/{len(reqs)} requests "
             f"(rate {metrics['drop_rate']:.3f} > generate.max_drop_rate "
             f"{params.max_drop_rate}); reasons {dict(tally.drops)}; see {metrics_path}")
+    calls, failed = stats.get("calls", 0), stats.get("failures", 0)
+    if calls and failed / calls > params.max_llm_failure_rate:
+        raise QualityGateError(
+            f"generate: {int(failed)} of {int(calls)} LLM calls failed (rate "
+            f"{failed / calls:.3f} > generate.max_llm_failure_rate "
+            f"{params.max_llm_failure_rate}); is the generator reachable? see {metrics_path}")
+    for split in SPLITS:
+        for label in ("legitimate", "illegitimate"):
+            asked = sum(r.split == split and r.label == label for r in reqs)
+            if asked and not any(r["split"] == split and r["label"] == label for r in rows):
+                raise QualityGateError(
+                    f"generate: the {split} split has {asked} {label} requests but no "
+                    f"{label} row survived; see {metrics_path}")
     tables = {split: rows_to_table([r for r in rows if r["split"] == split], TRIPLET_SCHEMA)
               for split in SPLITS}
     write_shards(out_dir, tables, TRIPLET_SCHEMA, rows_per_shard=params.rows_per_shard, meta={

@@ -154,3 +154,20 @@ def test_evaluate_stage_clean_errors(tmp_path, models):
                                       "judge": {"unsure_as": "unjudged", "max_unjudged_rate": 0.0}})
     result = _invoke(ws3, models)
     assert result.exit_code == 1 and "QualityGateError" in result.output
+
+
+def dead_judge(request: ChatRequest) -> Exception:
+    """Every judge call fails (an unreachable judge endpoint)."""
+    return ConnectionError("judge is down")
+
+
+def test_dead_llm_judge_stops_the_stage(tmp_path, models):
+    """Failed judge calls are not parse failures: above judge.max_error_rate nothing is
+    written and the message says the judge failed."""
+    ws = _workspace(tmp_path, {**PARAMS, "xstest": {"enabled": False},
+                               "judge": {**PARAMS["judge"], "llm": {
+                                   "backend": "fake", "model": "judge",
+                                   "fake_script": "tests.stages.test_evaluate:dead_judge"}}})
+    result = _invoke(ws, models)
+    assert result.exit_code == 1 and "LLM judge calls failed" in result.output, result.output
+    assert not (ws / "eval.json").exists() and not (ws / "eval" / "responses.parquet").exists()

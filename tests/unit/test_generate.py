@@ -112,9 +112,11 @@ def test_identical_answers_dropped(tmp_path):
     same = FakeClient(lambda req: "Sure, here it is.")
     params = _params(accept_unsure=True, fallback={"refusal": "none", "over_refusal": "none",
                                                    "compliance": "none"}, max_drop_rate=1.0)
-    metrics, rows = _run(tmp_path, params=params, client=same)
-    assert rows == []
+    with pytest.raises(QualityGateError, match="no legitimate row survived"):
+        _run(tmp_path, params=params, client=same)
+    metrics = json.loads((tmp_path / "out.json").read_text())
     assert metrics["drops"]["not_a_refusal"] == metrics["requests"]
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_drop_rate_gate_fails_and_writes_no_shards(tmp_path):
@@ -123,6 +125,18 @@ def test_drop_rate_gate_fails_and_writes_no_shards(tmp_path):
     with pytest.raises(QualityGateError, match="max_drop_rate"):
         _run(tmp_path, params=params, markers=("EMPTY",))
     assert json.loads((tmp_path / "out.json").read_text())["drops"]["empty"] > 0
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_dead_generator_fails_even_when_fallbacks_fill_the_rows(tmp_path):
+    """Every call fails: templates could fill the refusal side, but a dead generator must
+    stop the stage (the failures are counted in the metrics first)."""
+    dead = make_client(_params().generator.model_copy(
+        update={"fake_script": "tests.fakes:dead_generator"}), cache_dir=None)
+    with pytest.raises(QualityGateError, match="LLM calls failed"):
+        _run(tmp_path, params=_params(max_drop_rate=1.0), client=dead)
+    metrics = json.loads((tmp_path / "out.json").read_text())
+    assert metrics["llm"]["failures"] == metrics["llm"]["calls"] > 0
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
