@@ -7,10 +7,13 @@ quantities, conditions or step sequences):
 ========== ============================================================ ======
 signal     what it matches                                              weight
 ========== ============================================================ ======
-quantity   a number with an amount unit (``50 mL``, ``2 g``, ``0.5 mol``)  2
-temperature a number with a temperature unit (``80 C``, ``80 °C``, ``300 K``) 2
+quantity   a number with an amount unit (``50 mL``, ``2 g``, ``0.5 mol``,    2
+           ``five grams``; spelled-out numbers only with full-word units)
+temperature a number with a temperature unit (``80 C``, ``80 °C``, ``eighty  2
+           degrees``)
 duration   a number with a time unit (``2 h``, ``30 minutes``)             1
-step       a numbered or ordinal step line (``1.``, ``Step 2``, ``First,``) 1
+step       a numbered, lettered or ordinal step (``1.``, ``b)``, ``Step 2``,    1
+           ``Step two:``, ``First,``, ``Next:``)
 materials  a reagent / materials list header (``Reagents:``, ``You will need``) 2
 operation  a lab operation verb (reflux, distil, titrate, stir, heat ...)   1
 ========== ============================================================ ======
@@ -29,20 +32,36 @@ from dataclasses import dataclass, field
 REDACTION_MARK = "[procedure details redacted]"
 
 _NUM = r"(?<![\w.])\d+(?:[.,]\d+)?\s*"
+# Spelled-out amounts ("five grams", "eighty degrees", "half a litre"): only before full-word
+# units, so ordinary prose ("one thing", "two of them") does not match.
+_WORDNUM = (r"\b(?:(?:one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|"
+            r"fifteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred|"
+            r"(?:a|one)\s+hundred|a\s+few|several|half\s+an?|a\s+quarter\s+of\s+an?)"
+            r"(?:[\s-]+(?:one|two|three|four|five|six|seven|eight|nine))?)\s+")
+_WORD_AMOUNT = (r"(?:grams?|milligrams?|kilograms?|millilit(?:er|re)s?|lit(?:er|re)s?|"
+                r"moles?|millimoles?|equivalents?|drops?|teaspoons?|tablespoons?|cups?)")
+_WORD_TEMP = r"(?:degrees?(?:\s+(?:celsius|fahrenheit|centigrade|kelvin))?|kelvin)"
+_WORD_TIME = r"(?:hours?|minutes?|seconds?|days?)"
+_ORDINAL = (r"(?:first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|next|then|"
+            r"finally|afterwards|after\s+that|lastly)")
+_STEP_WORD = (r"(?:one|two|three|four|five|six|seven|eight|nine|ten|first|second|third|"
+              r"fourth|fifth|sixth|seventh|eighth|ninth|tenth|[ivx]+)")
 SIGNALS: dict[str, tuple[re.Pattern[str], int]] = {
     "quantity": (re.compile(
-        _NUM + r"(?:mg|g|kg|µg|ug|mL|ml|L|l|litres?|liters?|mol|mmol|M|mM|eq|equiv|"
+        r"(?:" + _NUM + r"(?:mg|g|kg|µg|ug|mL|ml|L|l|litres?|liters?|mol|mmol|M|mM|eq|equiv|"
         r"equivalents?|grams?|milligrams?|kilograms?|millilit(?:er|re)s?|moles?|drops?|"
-        r"%\s*(?:w/w|w/v|v/v))(?![\w])", re.I), 2),
+        r"%\s*(?:w/w|w/v|v/v))|" + _WORDNUM + _WORD_AMOUNT + r")(?![\w])", re.I), 2),
     "temperature": (re.compile(
-        _NUM + r"(?:°\s*[CFK]?|º\s*[CF]?|degrees?(?:\s*(?:C|F|celsius|fahrenheit))?|K(?![\w])|"
-        r"C(?![\w])|F(?![\w])|celsius|fahrenheit)", re.I), 2),
+        r"(?:" + _NUM + r"(?:°\s*[CFK]?|º\s*[CF]?|degrees?(?:\s*(?:C|F|celsius|fahrenheit))?|"
+        r"K(?![\w])|C(?![\w])|F(?![\w])|celsius|fahrenheit)|" + _WORDNUM + _WORD_TEMP + r")",
+        re.I), 2),
     "duration": (re.compile(
-        r"(?<![\w.])\d+(?:[.,]\d+)?(?:\s+(?:h|s)|\s*(?:hrs?|hours?|min|mins|minutes?|sec|"
-        r"seconds?|days?))(?![\w])", re.I), 1),
+        r"(?:(?<![\w.])\d+(?:[.,]\d+)?(?:\s+(?:h|s)|\s*(?:hrs?|hours?|min|mins|minutes?|sec|"
+        r"seconds?|days?))|" + _WORDNUM + _WORD_TIME + r")(?![\w])", re.I), 1),
     "step": (re.compile(
-        r"(?im)(?:^\s*(?:\d+[.)]|[-*•]\s*step|step\s*\d+)\s*)|(?:\bstep\s*\d+\b)|"
-        r"(?:^\s*(?:first|second|third|next|then|finally),)"), 1),
+        r"(?im)(?:^\s*(?:\d+[.)]|\(?[a-h]\)|[-*•]\s*step|step\s*\d+)\s*)|(?:\bstep\s*\d+\b)|"
+        r"(?:\bstep\s+" + _STEP_WORD + r"\b\s*[:.)-])|"
+        r"(?:^\s*(?:[-*•]\s*)?" + _ORDINAL + r"\s*[,:])"), 1),
     "materials": (re.compile(
         r"(?i)\b(?:reagents?|materials?|ingredients?|chemicals needed|you will need|"
         r"equipment|precursors?)\s*(?:needed|required)?\s*:"), 2),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from librachem.hazard import REDACTION_MARK, redact, redacted_remainder, scan
 
 PLACEHOLDER = "Add 50 mL of reagent A at 80 C and stir for 2 h."
@@ -41,3 +43,26 @@ def test_redact_numbered_steps_keep_number_with_line():
 def test_redact_everything_leaves_only_the_mark():
     assert redact(PLACEHOLDER) == REDACTION_MARK
     assert redacted_remainder(redact(PLACEHOLDER)) == ""
+
+
+@pytest.mark.parametrize("text", [
+    # placeholders only: spelled-out numbers, lettered lists, ordinal words
+    "Step one: combine reagent-X with reagent-Y. Step two: warm it to about eighty degrees "
+    "for two hours. Step three: collect the product.",
+    "a) mix reagent-X and reagent-Y\nb) warm to about eighty degrees\nc) cool for twenty minutes",
+    "First, combine five grams of reagent-X with half a litre of solvent-Y.\n"
+    "Next: keep it at sixty degrees celsius.",
+])
+def test_spelled_out_and_lettered_procedures_are_flagged(text):
+    result = scan(text)
+    assert result.flagged(3), result
+    assert scan(redact(text)).score == 0
+
+
+@pytest.mark.parametrize("text", [
+    "Aspirin is one of the most common drugs. Two of them are sold over the counter.",
+    "It was first made in 1897, and a few years later it was sold as a powder.",
+    "I can't help with that. The compound was first described in the 1960s.",
+])
+def test_number_words_in_ordinary_prose_are_not_signals(text):
+    assert scan(text).score == 0
