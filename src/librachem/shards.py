@@ -25,10 +25,11 @@ import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from librachem.hashing import sha256_file
 from librachem.atomic import atomic_path, write_json
@@ -63,7 +64,7 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         )
     try:
         return table.select(schema.names).cast(schema)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError, ValueError) as exc:
         raise SchemaError(f"table does not fit the schema: {exc}") from exc
 
 
@@ -125,11 +126,35 @@ def write_shards(
     return manifest
 
 
+class _ShardEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*\.parquet$")  # a file in the folder
+    split: str
+    rows: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _Manifest(BaseModel):
+    """The manifest's shape (validated with pydantic before any shard is opened)."""
+
+    model_config = ConfigDict(extra="allow")
+    format: Literal["librachem-shards/1"]
+    schema_hash: str
+    columns: list[str]
+    rows: int = Field(ge=0)
+    splits: dict[str, int]
+    shards: list[_ShardEntry]
+    meta: dict[str, Any] = {}
+
+
 def read_manifest(in_dir: Path | str) -> dict[str, Any]:
-    """Load and check the manifest of a shard set (shards present, checksums, row counts).
+    """Load and check the manifest of a shard set: its shape, that shard names are unique
+    plain file names, that the ``rows`` / ``splits`` totals equal the sums over the shards,
+    that every ``*.parquet`` file in the folder is listed, and each shard's checksum.
 
     Raises:
-        SchemaError: no manifest, unreadable manifest, missing or altered shard.
+        SchemaError: no manifest, unreadable or malformed manifest, totals that disagree,
+            a missing, unlisted or altered shard.
     """
     folder = Path(in_dir)
     path = folder / MANIFEST
@@ -137,16 +162,35 @@ def read_manifest(in_dir: Path | str) -> dict[str, Any]:
         raise SchemaError(f"{folder}: no {MANIFEST}; the shard set is incomplete or not one")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise SchemaError(f"{path}: unreadable manifest: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise SchemaError(f"{path}: not a {FORMAT} manifest")
-    for shard in manifest.get("shards", []):
-        shard_path = folder / shard["name"]
+    try:
+        checked = _Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise SchemaError(f"{path}: malformed manifest ({problems})") from None
+    names = [s.name for s in checked.shards]
+    if len(set(names)) != len(names):
+        raise SchemaError(f"{path}: a shard is listed twice")
+    if checked.rows != sum(s.rows for s in checked.shards):
+        raise SchemaError(f"{path}: rows {checked.rows} != the sum over its shards "
+                          f"{sum(s.rows for s in checked.shards)}; the shard set is incomplete")
+    per_split = {k: sum(s.rows for s in checked.shards if s.split == k)
+                 for k in {s.split for s in checked.shards} | set(checked.splits)}
+    if per_split != checked.splits:
+        raise SchemaError(f"{path}: splits {checked.splits} disagree with its shards {per_split}")
+    unlisted = sorted(p.name for p in folder.glob("*.parquet") if p.name not in set(names))
+    if unlisted:
+        raise SchemaError(f"{folder}: shard files not in the manifest: {unlisted}; the folder "
+                          "mixes two runs (rerun the stage)")
+    for shard in checked.shards:
+        shard_path = folder / shard.name
         if not shard_path.is_file():
-            raise SchemaError(f"{folder}: shard {shard['name']} listed in the manifest is missing")
-        if sha256_file(shard_path) != shard["sha256"]:
-            raise SchemaError(f"{folder}: shard {shard['name']} differs from its manifest checksum")
+            raise SchemaError(f"{folder}: shard {shard.name} listed in the manifest is missing")
+        if sha256_file(shard_path) != shard.sha256:
+            raise SchemaError(f"{folder}: shard {shard.name} differs from its manifest checksum")
     return manifest
 
 
@@ -182,10 +226,21 @@ def read_shards(
         shards = [s for s in shards if s["split"] == split]
     tables = []
     for shard in shards:
-        table = pq.read_table(folder / shard["name"])
+        try:
+            table = pq.read_table(folder / shard["name"])
+        except (OSError, pa.ArrowException) as exc:
+            raise SchemaError(f"{folder}: shard {shard['name']} is not readable Parquet "
+                              f"({exc})") from exc
         if table.num_rows != shard["rows"]:
             raise SchemaError(f"{folder}: shard {shard['name']} has {table.num_rows} rows, "
                               f"manifest says {shard['rows']}")
+        if schema is not None:
+            got = {f.name: f.type for f in table.schema}
+            wrong = [f"{f.name}: {got[f.name]} (expected {f.type})" for f in schema
+                     if f.name in got and got[f.name] != f.type]
+            if wrong:
+                raise SchemaError(f"{folder}: shard {shard['name']} has wrong column types: "
+                                  f"{wrong}")
         tables.append(table if schema is None else conform(table, schema))
     if not tables:
         if schema is None:

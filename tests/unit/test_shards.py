@@ -78,3 +78,60 @@ def test_rewrite_removes_old_shards_and_is_byte_identical(tmp_path):
     again = write_shards(tmp_path, {"train": _table(2)}, SCHEMA, rows_per_shard=1)
     assert [s["sha256"] for s in first["shards"]] == [s["sha256"] for s in again["shards"]]
     assert json.loads((tmp_path / MANIFEST).read_text())["rows"] == 2
+
+
+def _edit_manifest(folder, edit):
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _two_shards(tmp_path):
+    write_shards(tmp_path / "s", {"train": _table(4), "test": _table(2, 100)}, SCHEMA,
+                 rows_per_shard=2)
+    return tmp_path / "s"
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["shards"].pop(), "rows 6 != the sum"),
+    (lambda m: m["shards"].append(dict(m["shards"][0])), "listed twice"),
+    (lambda m: m["shards"][0].update(name="../outside.parquet"), "malformed manifest"),
+    (lambda m: m.pop("schema_hash"), "malformed manifest"),
+    (lambda m: m["splits"].update(train=3), "disagree with its shards"),
+])
+def test_reader_refuses_manifests_that_disagree_with_the_shards(tmp_path, edit, message):
+    folder = _two_shards(tmp_path)
+    _edit_manifest(folder, edit)
+    with pytest.raises(SchemaError, match=message):
+        read_shards(folder, SCHEMA)
+
+
+def test_reader_refuses_unlisted_shard_files(tmp_path):
+    folder = _two_shards(tmp_path)
+    (folder / "train-00009.parquet").write_bytes((folder / "train-00000.parquet").read_bytes())
+    with pytest.raises(SchemaError, match="not in the manifest"):
+        read_shards(folder, SCHEMA)
+
+
+def test_reader_refuses_unreadable_or_retyped_shard_even_with_matching_checksum(tmp_path):
+    import pyarrow.parquet as pq
+
+    from librachem.hashing import sha256_file
+
+    folder = _two_shards(tmp_path)
+    shard = folder / "test-00000.parquet"
+    shard.write_bytes(shard.read_bytes()[:40])  # truncated, checksum updated to match
+    _edit_manifest(folder, lambda m: m["shards"][0].update(sha256=sha256_file(shard)))
+    with pytest.raises(SchemaError, match="not readable Parquet"):
+        read_shards(folder, SCHEMA)
+
+    folder = _two_shards(tmp_path / "b")
+    shard = folder / "test-00000.parquet"
+    table = pq.read_table(shard)
+    retyped = table.set_column(0, pa.field(SCHEMA.names[0], pa.int64()),
+                               pa.array(range(table.num_rows), pa.int64()))
+    pq.write_table(retyped, shard)
+    _edit_manifest(folder, lambda m: m["shards"][0].update(sha256=sha256_file(shard)))
+    with pytest.raises(SchemaError, match="wrong column types"):
+        read_shards(folder, SCHEMA)
