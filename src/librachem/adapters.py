@@ -21,6 +21,26 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
+def apply_adapter(model: Any, adapter_dir: Path | str) -> Any:
+    """``PeftModel.from_pretrained(model, adapter_dir)`` with a clear error for a damaged
+    folder (missing or truncated weights, unreadable ``adapter_config.json``).
+
+    Raises:
+        TrainingError: the adapter cannot be loaded; the message names the folder and cause.
+    """
+    from peft import PeftModel
+
+    folder = Path(adapter_dir)
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        raise TrainingError(f"{folder}: {ADAPTER_CONFIG} without {ADAPTER_WEIGHTS}; the adapter "
+                            "folder is incomplete (rerun its stage, or `dvc checkout`)")
+    try:
+        return PeftModel.from_pretrained(model, str(folder))
+    except Exception as exc:  # noqa: BLE001 - safetensors, json, HF validation, shape errors
+        raise TrainingError(f"{folder}: unreadable adapter ({type(exc).__name__}: "
+                            f"{str(exc)[:300]}); rerun its stage, or `dvc checkout`") from exc
+
+
 def has_adapter(adapter_dir: Path | str | None) -> bool:
     """True when ``adapter_dir`` holds a PEFT adapter (a disabled ``sft`` stage writes none)."""
     return adapter_dir is not None and (Path(adapter_dir) / ADAPTER_CONFIG).is_file()
@@ -55,9 +75,7 @@ def load_sft_merged(base_dir: Path | str, sft_dir: Path | str | None = None) -> 
                             "run the base_model stage first")
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     if has_adapter(sft_dir):
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(sft_dir)).merge_and_unload()
+        model = apply_adapter(model, sft_dir).merge_and_unload()
         log.info("merged SFT adapter %s into %s", sft_dir, base_dir)
     return model.eval()
 
@@ -103,9 +121,7 @@ def load_aligned(base_dir: Path | str, sft_dir: Path | str | None = None,
                 f"folder given ({sft_dir}) holds {str(given)[:12]}; pass the sft_dir used in training")
     model = load_sft_merged(base_dir, sft_dir)
     if has_adapter(dpo_dir):
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(dpo_dir))
+        model = apply_adapter(model, dpo_dir)
         if merge:
             model = model.merge_and_unload()
     if dtype is not None:

@@ -17,7 +17,8 @@ from pydantic import Field
 from librachem.chat_format import apply_format, assistant_turn, drop_unfit_rows, user_turn
 from librachem.training import (TrainParams, base_identity, fit, gate_drops, is_main_process,
                                 read_train_rows, resolve_device, save_adapter,
-                                write_effective_config, write_model_card)
+                                write_disabled_curves, write_effective_config,
+                                write_model_card)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ def train_sft(params: SftParams, table: Any, base_dir: Path, out_dir: Path,
             (out_dir / stale).unlink(missing_ok=True)
         record["summary"] = {"enabled": False}
         if is_main:
+            write_disabled_curves(live_dir)
             write_effective_config(out_dir, record)
             write_model_card(out_dir, title="SFT stage (disabled)", record=record)
         log.info("sft disabled: %s holds no adapter; dpo starts from the base model", out_dir)

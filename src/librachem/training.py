@@ -358,6 +358,19 @@ def check_finite(history: list[dict[str, float]]) -> None:
                                 "lower the learning rate or use precision: fp32")
 
 
+def write_disabled_curves(live_dir: Path) -> None:
+    """The DVCLive folder of a stage that trained nothing (``sft.enabled: false``): the old
+    curves are removed and the outputs ``dvc.yaml`` declares still exist --
+    ``metrics.json`` = ``{"enabled": false, "step": 0}`` and an empty ``plots/metrics/loss.tsv``
+    (DVCLive's layout) -- so ``dvc repro`` does not fail on a missing output."""
+    import shutil
+
+    live = Path(live_dir)
+    shutil.rmtree(live, ignore_errors=True)
+    write_json(live / "metrics.json", {"enabled": False, "step": 0})
+    write_bytes(live / "plots" / "metrics" / "loss.tsv", b"step\tloss\n")
+
+
 def ensure_dirs(*paths: Path) -> None:
     for path in paths:
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -453,13 +466,27 @@ def fit(make_trainer: Any, *, model: Any, tokenizer: Any, params: TrainParams,
 
 def save_adapter(trainer: Any, tokenizer: Any, out_dir: Path, *, record: dict[str, Any],
                  title: str, is_main: bool) -> None:
-    """Write the adapter folder: weights + ``adapter_config.json`` (every rank calls
-    ``save_model``: it gathers ZeRO-3 / FSDP shards, rank 0 writes), tokenizer, effective
-    config and model card. The trainer's pickled ``training_args.bin`` is removed (the JSON
-    effective config replaces it)."""
-    trainer.save_model(str(out_dir))
+    """Write the adapter folder atomically: weights + ``adapter_config.json``, tokenizer,
+    effective config, model card and the template-check report go to a temporary sibling
+    folder that replaces ``out_dir`` at the end, so a kill never leaves a folder with a
+    half-written adapter. Every rank calls ``save_model`` (it gathers ZeRO-3 / FSDP shards;
+    rank 0 writes). The trainer's pickled ``training_args.bin`` is removed (the JSON effective
+    config replaces it)."""
+    import os
+    import shutil
+
+    out_dir = Path(out_dir)
+    tmp = out_dir.parent / f".tmp-{out_dir.name}"
     if is_main:
-        (Path(out_dir) / "training_args.bin").unlink(missing_ok=True)
-        tokenizer.save_pretrained(out_dir)
-        write_effective_config(out_dir, record)
-        write_model_card(out_dir, title=title, record=record)
+        shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(str(tmp))
+    if not is_main:
+        return
+    (tmp / "training_args.bin").unlink(missing_ok=True)
+    tokenizer.save_pretrained(tmp)
+    if (out_dir / TEMPLATE_REPORT).is_file():
+        shutil.copy2(out_dir / TEMPLATE_REPORT, tmp / TEMPLATE_REPORT)
+    write_effective_config(tmp, record)
+    write_model_card(tmp, title=title, record=record)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)

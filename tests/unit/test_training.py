@@ -135,11 +135,43 @@ def test_load_aligned_refuses_wrong_sft(trained):
         load_aligned(root / "base", None, root / "dpo")
 
 
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / "adapter_model.safetensors").write_bytes(
+        (d / "adapter_model.safetensors").read_bytes()[:100]), "unreadable adapter"),
+    (lambda d: (d / "adapter_model.safetensors").unlink(), "folder is incomplete"),
+    (lambda d: (d / "adapter_config.json").write_text("{not json"), "unreadable adapter"),
+])
+def test_damaged_adapter_folder_is_a_clear_error(trained, tmp_path, damage, message):
+    import shutil
+
+    root = trained["root"]
+    sft = tmp_path / "sft"
+    shutil.copytree(root / "sft", sft)
+    damage(sft)
+    with pytest.raises(TrainingError, match=message):
+        load_aligned(root / "base", sft, None)
+
+
+def test_adapter_folder_is_replaced_whole_and_keeps_the_template_report(trained):
+    root = trained["root"]
+    names = {p.name for p in (root / "dpo").iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "librachem_config.json",
+            "template_check.json", "README.md"} <= names
+    assert "training_args.bin" not in names
+    assert not list(root.glob(".tmp-*"))  # the temporary sibling was moved into place
+
+
 def test_dpo_from_base_when_sft_disabled(tmp_path):
     base = save_tiny_base(tmp_path / "base", seed=2)
     table = triplet_table(pairs=4)
+    (tmp_path / "ls" / "plots" / "metrics").mkdir(parents=True)
+    (tmp_path / "ls" / "plots" / "metrics" / "grad_norm.tsv").write_text("step\tgrad_norm\n0\t1\n")
     train_sft(SftParams(enabled=False, **SMALL), table, base, tmp_path / "sft", tmp_path / "ls")
     assert not (tmp_path / "sft" / "adapter_config.json").exists()
+    # the outputs dvc.yaml declares exist, stale curves are gone
+    assert json.loads((tmp_path / "ls" / "metrics.json").read_text()) == {"enabled": False,
+                                                                         "step": 0}
+    assert [p.name for p in (tmp_path / "ls" / "plots" / "metrics").iterdir()] == ["loss.tsv"]
     params = DpoParams(precompute_ref_log_probs=True, format="question_answer",
                        **{**SMALL, "max_steps": 1})
     metrics = train_dpo(params, table, base, tmp_path / "sft", tmp_path / "dpo",
