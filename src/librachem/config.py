@@ -24,7 +24,18 @@ DEFAULT_PARAMS = Path("params.yaml")
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads YAML 1.2 floats such as ``5e-6`` and ``1E3``."""
+    """SafeLoader that also reads YAML 1.2 floats such as ``5e-6`` and ``1E3`` and refuses
+    duplicate keys (PyYAML keeps the last one silently; YAML 1.2 requires unique keys)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -54,13 +65,16 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
     """Read a YAML mapping with the float-aware loader.
 
     Raises:
-        ConfigError: the file is missing, is not valid YAML, or is not a mapping.
+        ConfigError: the file is missing, is not UTF-8, is not valid YAML (duplicate keys
+            included), or is not a mapping.
     """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read params file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -97,7 +111,8 @@ def validate_section(model: type[S], section: str, raw: Any) -> S:
         ConfigError: naming every offending key, its value and the expectation.
     """
     if raw is None:
-        raw = {}
+        raise ConfigError(f"{section}: the section is empty (null); give its keys, or `{section}: "
+                          "{}` to take every default")
     if not isinstance(raw, dict):
         raise ConfigError(f"{section}: expected a mapping, got {raw!r}")
     try:

@@ -41,6 +41,26 @@ def test_yaml_1_2_floats_load_as_floats(tmp_path):
     assert data["dpo"]["text"] == "5e-6"
 
 
+@pytest.mark.parametrize("content, message", [
+    ("dpo:\n  beta: 0.1\n  beta: 0.5\n", "duplicate key 'beta'"),
+    ("sft: {}\nsft: {}\n", "duplicate key 'sft'"),
+])
+def test_duplicate_keys_are_errors(tmp_path, content, message):
+    path = tmp_path / "p.yaml"
+    path.write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        read_yaml(path)
+
+
+def test_non_utf8_params_and_empty_section_are_clear_errors(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_bytes(b"dpo:\n  beta: 0.1 # caf\xe9\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        read_yaml(path)
+    with pytest.raises(ConfigError, match="sft: the section is empty"):
+        validate_section(section_model("sft"), "sft", None)
+
+
 def test_errors_name_key_value_and_expectation():
     model = section_model("dpo")
     raw = read_yaml(PARAMS)["dpo"]
