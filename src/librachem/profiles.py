@@ -64,5 +64,9 @@ def write_profile(params_path: Path, name: str, out: Path) -> dict[str, Any]:
     merged = apply_profile(read_yaml(params_path), name)
     header = (f"# params.yaml with the '{name}' profile applied "
               f"(src/librachem/resources/profiles/{name}.yaml).\n")
-    out.write_text(header + yaml.safe_dump(merged, sort_keys=False), encoding="utf-8")
+    from librachem.atomic import write_bytes
+
+    # written atomically (a temp file renamed over ``out``); the comments of the original
+    # params file are not kept (PyYAML drops them): keep your copy under git.
+    write_bytes(out, (header + yaml.safe_dump(merged, sort_keys=False)).encode("utf-8"))
     return merged

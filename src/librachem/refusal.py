@@ -101,11 +101,15 @@ def _compile(group: str, items: Any, path: str) -> tuple[re.Pattern[str], ...]:
     return tuple(out)
 
 
+PATTERN_GROUPS = ("lookalikes", "opening", "strong", "moral", "weak", "compliance")
+
+
 def load_patterns(path: Path | str | None = None) -> PatternSet:
     """Load and compile a pattern file (default: the packaged ``refusal_patterns.yaml``).
 
     Raises:
-        ConfigError: unreadable file, missing ``version``, bad group type or invalid regex.
+        ConfigError: unreadable or non-YAML file, missing ``version``, unknown keys, no
+            ``opening`` / ``strong`` patterns, bad group type or invalid regex.
     """
     if path is None:
         text = resources.files("librachem").joinpath("resources", "refusal_patterns.yaml").read_text("utf-8")
@@ -113,10 +117,13 @@ def load_patterns(path: Path | str | None = None) -> PatternSet:
     else:
         try:
             text = Path(path).read_text("utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read refusal patterns {path}: {exc}") from exc
         where = str(path)
-    data = yaml.safe_load(text)
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("version"), str):
         raise ConfigError(f"{where}: expected a mapping with a string `version`")
     try:
@@ -124,12 +131,20 @@ def load_patterns(path: Path | str | None = None) -> PatternSet:
         window_chars = int(data.get("window_chars", 600))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: opening_chars/window_chars must be integers") from exc
+    unknown = sorted(set(data) - set(PATTERN_GROUPS) - {"version", "opening_chars",
+                                                        "window_chars"})
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; pattern groups are "
+                          f"{list(PATTERN_GROUPS)}")
+    if not any(data.get(g) for g in ("opening", "strong")):
+        raise ConfigError(f"{where}: no `opening` or `strong` refusal patterns; every text "
+                          "would be judged not refused")
     return PatternSet(
         version=data["version"],
         opening_chars=opening_chars,
         window_chars=window_chars,
         **{g: _compile(g, data.get(g, []), where)
-           for g in ("lookalikes", "opening", "strong", "moral", "weak", "compliance")},
+           for g in PATTERN_GROUPS},
     )
 
 

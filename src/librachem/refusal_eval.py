@@ -88,18 +88,25 @@ def xstest_report(csv_path: Path | str, patterns: PatternSet | None = None) -> d
     reference classifiers shipped in the file (``strmatch``, ``gpt4``) on all rows.
 
     Raises:
-        DataError: the file lacks the expected columns or holds an unknown final label.
+        DataError: the file is not a readable UTF-8 CSV, has no rows, lacks the expected
+            columns or holds an unknown (or empty) final label.
     """
     import polars as pl
 
     ps = patterns or default_patterns()
-    df = pl.read_csv(csv_path)
+    try:
+        df = pl.read_csv(csv_path)
+    except (pl.exceptions.PolarsError, OSError) as exc:
+        raise DataError(f"{csv_path}: not a readable UTF-8 CSV ({type(exc).__name__}: "
+                        f"{str(exc)[:200]})") from exc
+    if df.height == 0:
+        raise DataError(f"{csv_path}: no rows")
     need = {"prompt_id", "completion", "final_label"}
     if not need <= set(df.columns):
         raise DataError(f"{csv_path}: missing columns {sorted(need - set(df.columns))}")
     bad = set(df["final_label"].unique().to_list()) - XSTEST_LABELS
     if bad:
-        raise DataError(f"{csv_path}: unknown final_label values {sorted(bad)}")
+        raise DataError(f"{csv_path}: unknown final_label values {sorted(map(str, bad))}")
     texts = df["completion"].fill_null("").to_list()
     gold = [lab in XSTEST_REFUSAL_LABELS for lab in df["final_label"].to_list()]
     held = xstest_split(df["prompt_id"].to_list())
@@ -126,26 +133,38 @@ def rbr_report(jsonl_paths: Sequence[Path | str], patterns: PatternSet | None = 
     off-topic / illogical non-compliances that are not refusals in our sense.
 
     Raises:
-        DataError: a line is not JSON or lacks ``completion`` / ``propositions``.
+        DataError: an unreadable file, a line that is not JSON, lacks ``completion`` /
+            ``propositions``, or holds a non-boolean proposition (``"false"`` is refused,
+            not read as true).
     """
     ps = patterns or default_patterns()
     texts: list[str] = []
     gold: list[bool] = []
     clear: list[bool] = []
     for path in jsonl_paths:
-        for n, line in enumerate(Path(path).read_text("utf-8").splitlines(), 1):
+        try:
+            lines = Path(path).read_text("utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}: not readable UTF-8 JSON lines ({exc})") from exc
+        for n, line in enumerate(lines, 1):
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
                 text = row["completion"][-1]["content"]
                 props = row["propositions"]
-                full = bool(props["fully_complies"])
+                full = props["fully_complies"]
+                inability = props.get("inability_to_comply", False)
+                if not isinstance(full, bool) or not isinstance(inability, bool):
+                    raise TypeError("propositions must be JSON booleans, got "
+                                    f"{full!r} / {inability!r}")
+                if not isinstance(text, str):
+                    raise TypeError(f"completion content is {type(text).__name__}")
             except (json.JSONDecodeError, KeyError, IndexError, TypeError) as exc:
                 raise DataError(f"{path}:{n}: not an RBR gold row ({exc})") from exc
             texts.append(text)
             gold.append(not full)
-            clear.append(full or bool(props.get("inability_to_comply")))
+            clear.append(full or inability)
     report: dict[str, Any] = {"patterns_version": ps.version, "source": "openai_rbr_gold"}
     report["all"] = _score(texts, gold, ps)
     idx = [i for i, c in enumerate(clear) if c]

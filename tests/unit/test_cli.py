@@ -69,3 +69,47 @@ def test_refusal_report_command(tmp_path: Path) -> None:
     assert rep["dev"]["n"] + rep["heldout"]["n"] == 4.0
     res = CliRunner().invoke(main, ["refusal-report"])
     assert res.exit_code == 1 and "--xstest" in res.output
+
+
+def _csv(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "answers.csv"
+    path.write_text(text)
+    return path
+
+
+def test_judge_refusals_bad_pattern_files_are_clean_errors(tmp_path: Path) -> None:
+    src = _csv(tmp_path, "response\nI can't help with that.\n")
+    for body, message in (("version: '1'\nopening: [unclosed\n", "not valid YAML"),
+                          ("version: '1'\n", "no `opening` or `strong`"),
+                          ("version: '1'\nstrongg: ['x']\n", "unknown keys")):
+        pat = tmp_path / "p.yaml"
+        pat.write_text(body)
+        res = CliRunner().invoke(main, ["judge-refusals", str(src), "--text-column", "response",
+                                        "--out", str(tmp_path / "o.csv"), "--patterns", str(pat)])
+        assert res.exit_code == 1 and "ConfigError" in res.output and message in res.output, \
+            res.output
+        assert "Traceback" not in res.output
+
+
+def test_refusal_report_bad_inputs_are_clean_errors(tmp_path: Path) -> None:
+    empty = _csv(tmp_path, "")
+    res = CliRunner().invoke(main, ["refusal-report", "--xstest", str(empty)])
+    assert res.exit_code == 1 and "DataError" in res.output, res.output
+    rbr = tmp_path / "rbr.jsonl"
+    rbr.write_text('{"completion": [{"content": "Sure."}], '
+                   '"propositions": {"fully_complies": "false"}}\n')
+    res = CliRunner().invoke(main, ["refusal-report", "--rbr", str(rbr)])
+    assert res.exit_code == 1 and "JSON booleans" in res.output, res.output
+    rbr.write_bytes(b"\xff\xfe not utf-8\n")
+    res = CliRunner().invoke(main, ["refusal-report", "--rbr", str(rbr)])
+    assert res.exit_code == 1 and "DataError" in res.output, res.output
+
+
+def test_profile_writes_into_a_new_folder(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "new" / "dir" / "params.yaml"
+    res = CliRunner().invoke(main, ["profile", "paper", "--params", str(root / "params.yaml"),
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["check-params", "--params", str(out)])
+    assert res.exit_code == 0 and "7 sections valid" in res.output, res.output
