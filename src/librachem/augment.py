@@ -44,7 +44,7 @@ from librachem.llm.config import LLMParams
 from librachem.rephrase import (REASONS, ROLES, RephrasePrompts, build_messages, clean,
                                 example_for, guard, keeps_subject, load_rephrase_prompts)
 from librachem.requests import derived_rng
-from librachem.shards import read_shards, write_shards
+from librachem.shards import invalidate, read_shards, write_shards
 from librachem.triplets import AUGMENTED_SCHEMA, TRIPLET_SCHEMA, row_id, rows_to_table
 
 log = logging.getLogger(__name__)
@@ -245,6 +245,8 @@ def run_augment(triplets_dir: Path, out_dir: Path, test_out_dir: Path, metrics_p
         from librachem.refusal import classify
     prompts = load_rephrase_prompts()
     table = read_shards(triplets_dir, TRIPLET_SCHEMA).to_pylist()
+    for folder in (out_dir, test_out_dir):  # no complete-looking old output after a failure
+        invalidate(folder)
     train = [r for r in table if r["split"] == "train"]
     test = [r for r in table if r["split"] == "test"]
     roles_n = {role: params.n_variants(role) for role in ROLES}

@@ -39,7 +39,7 @@ from librachem.llm.base import ChatRequest, Completion
 from librachem.llm.config import LLMParams
 from librachem.requests import (Request, cap_requests, craft_requests, load_request_templates,
                                 read_seeds)
-from librachem.shards import write_shards
+from librachem.shards import invalidate, write_shards
 from librachem.triplets import LABELS, MODES, SPLITS, TRIPLET_SCHEMA, row_id, rows_to_table
 
 log = logging.getLogger(__name__)
@@ -326,6 +326,7 @@ def run_generate(seeds_path: Path, out_dir: Path, metrics_path: Path, params: Ge
     """
     if classify is None:
         from librachem.refusal import classify
+    invalidate(out_dir)  # a failed or killed run leaves no complete-looking old output
     templates = load_request_templates()
     prompts = load_answer_prompts()
     seeds = read_seeds(seeds_path)

@@ -68,6 +68,17 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
         raise SchemaError(f"table does not fit the schema: {exc}") from exc
 
 
+def invalidate(out_dir: Path | str) -> None:
+    """Remove a shard set's manifest (and leftover ``.tmp-*`` files of killed writers), so
+    that until :func:`write_shards` finishes, readers refuse the folder: a stage calls this
+    before its slow work, and a crash or kill can then not leave the previous run's shards
+    looking like this run's output."""
+    out = Path(out_dir)
+    (out / MANIFEST).unlink(missing_ok=True)
+    for tmp in out.glob(".tmp-*"):
+        tmp.unlink(missing_ok=True)
+
+
 def write_shards(
     out_dir: Path | str,
     tables: Mapping[str, pa.Table],
@@ -97,7 +108,7 @@ def write_shards(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # Invalidate first: a crash from here on leaves a folder readers refuse.
-    (out / MANIFEST).unlink(missing_ok=True)
+    invalidate(out)
     for old in out.glob("*.parquet"):
         old.unlink()
     shards: list[dict[str, Any]] = []

@@ -8,7 +8,7 @@ import json
 import datasets
 import pytest
 
-from librachem.errors import QualityGateError
+from librachem.errors import QualityGateError, SchemaError
 from librachem.generate import GenerateParams, run_generate
 from librachem.hazard import REDACTION_MARK, scan
 from librachem.llm.client import make_client
@@ -203,3 +203,16 @@ def test_changed_param_reasks_only_affected_requests(tmp_path):
                   read_shards(tmp_path / "b").column("label").to_pylist())
     assert c2.stats()["cache_hits"] == helpful
     assert c2.stats()["cache_misses"] == metrics["requests"] * 2 - helpful
+
+
+def test_failed_rerun_leaves_no_complete_looking_old_output(tmp_path):
+    """A run that fails its gate after an earlier success must not leave the earlier shards
+    readable as if they were its own output (direct runs; dvc repro deletes outputs first)."""
+    _run(tmp_path)
+    assert read_manifest(tmp_path / "out")["rows"] > 0
+    dead = make_client(_params().generator.model_copy(
+        update={"fake_script": "tests.fakes:dead_generator"}), cache_dir=None)
+    with pytest.raises(QualityGateError):
+        _run(tmp_path, params=_params(max_drop_rate=1.0), client=dead)
+    with pytest.raises(SchemaError, match="no manifest.json"):
+        read_shards(tmp_path / "out", TRIPLET_SCHEMA)
