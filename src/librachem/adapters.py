@@ -46,6 +46,35 @@ def has_adapter(adapter_dir: Path | str | None) -> bool:
     return adapter_dir is not None and (Path(adapter_dir) / ADAPTER_CONFIG).is_file()
 
 
+def sft_has_adapter(sft_dir: Path | str | None) -> bool:
+    """Whether the ``sft`` stage's folder holds an adapter: True for an adapter, False for
+    no folder (``None`` or a path that does not exist) or a stage that ran with
+    ``enabled: false`` (its effective config says so).
+
+    Raises:
+        TrainingError: the folder holds neither (a killed or failed run left it incomplete).
+    """
+    if sft_dir is None or has_adapter(sft_dir):
+        return sft_dir is not None
+    if not Path(sft_dir).exists():
+        log.warning("SFT folder %s does not exist: starting from the base model", sft_dir)
+        return False
+    from librachem.training import EFFECTIVE_CONFIG
+
+    config = Path(sft_dir) / EFFECTIVE_CONFIG
+    try:
+        import json
+
+        disabled = json.loads(config.read_text("utf-8"))["summary"]["enabled"] is False
+    except (OSError, ValueError, KeyError, TypeError):
+        disabled = False
+    if not disabled:
+        raise TrainingError(f"{sft_dir}: neither an SFT adapter nor the record of a disabled "
+                            "sft stage; the folder is incomplete (a killed or failed run?). "
+                            "Rerun `dvc repro sft` or `dvc checkout models/sft`.")
+    return False
+
+
 def adapter_digest(adapter_dir: Path | str | None) -> str | None:
     """sha256 of the adapter weights, or None when there is no adapter."""
     from librachem.hashing import sha256_file
@@ -74,7 +103,7 @@ def load_sft_merged(base_dir: Path | str, sft_dir: Path | str | None = None) -> 
         raise TrainingError(f"{base_dir}: not a Hugging Face model folder (no config.json); "
                             "run the base_model stage first")
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    if has_adapter(sft_dir):
+    if sft_has_adapter(sft_dir):
         model = apply_adapter(model, sft_dir).merge_and_unload()
         log.info("merged SFT adapter %s into %s", sft_dir, base_dir)
     return model.eval()

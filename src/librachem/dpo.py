@@ -15,12 +15,13 @@ batch 1 x grad-accum 4, max length 1,024. Our embedded default keeps beta, loss 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from librachem.adapters import adapter_digest, has_adapter, load_sft_merged
+from librachem.adapters import adapter_digest, load_sft_merged, sft_has_adapter
 from librachem.atomic import write_json
 from librachem.chat_format import apply_format, assistant_turn, drop_unfit_rows, user_turn
 from librachem.errors import TrainingError
@@ -86,9 +87,11 @@ def train_dpo(params: DpoParams, table: Any, base_dir: Path, sft_dir: Path | Non
         template check failure, non-finite loss, SFT/DPO format mismatch).
     """
     out_dir, live_dir = Path(out_dir), Path(live_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     is_main = is_main_process()
-    sft_record = read_effective_config(sft_dir) if has_adapter(sft_dir) else None
+    if is_main:  # a failed or killed run must not leave the old adapter looking current
+        shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sft_record = read_effective_config(sft_dir) if sft_has_adapter(sft_dir) else None
     if sft_record is not None and sft_record["params"]["format"] != params.format:
         raise TrainingError(f"dpo.format {params.format!r} differs from the SFT adapter's "
                             f"{sft_record['params']['format']!r}; train both in one format")

@@ -332,12 +332,13 @@ def available_models(params: EvaluateParams, paths: EvalPaths) -> tuple[list[str
 
     Raises:
         DataError: ``dpo`` requested but ``paths.dpo`` holds no adapter.
+        TrainingError: ``paths.sft`` holds neither an adapter nor a disabled-stage record.
     """
-    from librachem.adapters import has_adapter
+    from librachem.adapters import has_adapter, sft_has_adapter
 
     run, skipped = [], {}
     for name in params.models:
-        if name == "sft" and not has_adapter(paths.sft):
+        if name == "sft" and not sft_has_adapter(paths.sft):
             skipped["sft"] = f"no adapter in {paths.sft} (sft disabled)"
             continue
         if name == "dpo" and not has_adapter(paths.dpo):

@@ -9,6 +9,7 @@ packing, so every chosen answer is learned in its own context and ends with EOS.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,10 @@ def train_sft(params: SftParams, table: Any, base_dir: Path, out_dir: Path,
         DataError, QualityGateError, TrainingError: see the helpers used.
     """
     out_dir, live_dir = Path(out_dir), Path(live_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     is_main = is_main_process()
+    if is_main:  # a failed or killed run must not leave the old adapter looking current
+        shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"stage": "sft", "params": params.model_dump(mode="json"),
                               "inputs": {"base": base_identity(base_dir)}}
     if not params.enabled:

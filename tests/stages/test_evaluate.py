@@ -29,7 +29,10 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     save_tiny_base(root / "base")
     write_random_adapter(root / "base", root / "dpo")
-    (root / "sft").mkdir()  # sft disabled: folder without adapter
+    from librachem.sft import SftParams, train_sft
+
+    # sft disabled: a folder with the stage's record and no adapter
+    train_sft(SftParams(enabled=False), None, root / "base", root / "sft", root / "live_sft")
     return root
 
 

@@ -181,3 +181,19 @@ def test_dpo_from_base_when_sft_disabled(tmp_path):
     model, tok = load_aligned(base, tmp_path / "sft", tmp_path / "dpo")
     assert tok.apply_chat_template([{"role": "user", "content": "q"}], tokenize=False,
                                    add_generation_prompt=True) == "Question: q\n\nAnswer:"
+
+
+def test_incomplete_sft_folder_is_refused_not_taken_for_disabled(trained, tmp_path):
+    """What a kill during SFT training leaves (the template report, no adapter, no record)
+    must not be read as "sft disabled" by dpo or load_aligned."""
+    import shutil
+
+    root = trained["root"]
+    partial = tmp_path / "sft"
+    partial.mkdir()
+    shutil.copy2(root / "sft" / "template_check.json", partial)
+    with pytest.raises(TrainingError, match="folder is incomplete"):
+        load_aligned(root / "base", partial, None)
+    with pytest.raises(TrainingError, match="folder is incomplete"):
+        train_dpo(DpoParams(**SMALL), triplet_table(), root / "base", partial,
+                  tmp_path / "dpo", tmp_path / "ld", None)
