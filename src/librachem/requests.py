@@ -131,7 +131,8 @@ def read_seeds(path: Path | str) -> list[dict[str, Any]]:
     """Read the balanced seeds table as row dicts.
 
     Raises:
-        DataError: file unreadable, a required column missing, or a bad class/mode/split.
+        DataError: file unreadable, a required column missing, a bad class/mode/split, a
+            duplicate (compound, mode) row, or a compound in both splits.
     """
     try:
         table = pq.read_table(path)
@@ -148,6 +149,20 @@ def read_seeds(path: Path | str) -> list[dict[str, Any]]:
             raise DataError(f"seeds row {i}: bad mode {row['mode']!r} or split {row['split']!r}")
         if not row["subject"] or not row["compound_id"]:
             raise DataError(f"seeds row {i}: empty subject or compound_id")
+    splits: dict[str, set[str]] = {}
+    seen: set[tuple[str, str]] = set()
+    for i, row in enumerate(rows):
+        splits.setdefault(row["compound_id"], set()).add(row["split"])
+        key = (row["compound_id"], row["mode"])
+        if key in seen:
+            raise DataError(f"seeds row {i}: compound {row['compound_id']!r} appears twice in "
+                            f"mode {row['mode']!r} (duplicate seed rows give duplicate row ids)")
+        seen.add(key)
+    leaked = sorted(c for c, s in splits.items() if len(s) > 1)
+    if leaked:
+        raise DataError(f"seeds {path}: compounds in both train and test {leaked[:5]} "
+                        f"({len(leaked)} in all); the split must be compound-disjoint "
+                        "(rerun the seeds stage)")
     return rows
 
 

@@ -105,3 +105,19 @@ def test_unknown_intent_set_and_bad_seeds(tmp_path):
         read_seeds(write_seeds(tmp_path / "bad.parquet", [bad]))
     with pytest.raises(DataError, match="cannot read"):
         read_seeds(tmp_path / "missing.parquet")
+
+
+def test_read_seeds_refuses_split_leaks_and_duplicate_rows(tmp_path):
+    from librachem.errors import DataError
+    from librachem.requests import read_seeds
+    from tests.fakes import seed_row, write_seeds
+
+    ok = [seed_row("L1", "aspirin", "legitimate", "train", smiles="CC(=O)Oc1ccccc1C(=O)O"),
+          seed_row("I1", "agent-alpha", "illegitimate", "test", smiles="CCOP(=O)(C)F")]
+    assert len(read_seeds(write_seeds(tmp_path / "ok.parquet", ok))) == 2
+    leak = ok + [seed_row("I1", "agent-alpha", "illegitimate", "train", mode="smiles",
+                          smiles="CCOP(=O)(C)F")]
+    with pytest.raises(DataError, match="both train and test"):
+        read_seeds(write_seeds(tmp_path / "leak.parquet", leak))
+    with pytest.raises(DataError, match="appears twice"):
+        read_seeds(write_seeds(tmp_path / "dup.parquet", ok + ok[:1]))
