@@ -168,7 +168,7 @@ def load_compounds(path: Path | str) -> list[Compound]:
     """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's BOM is not a header
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read compounds file {path}: {exc}") from exc
     reader = csv.reader(io.StringIO(text, newline=""))

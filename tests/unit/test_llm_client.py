@@ -151,3 +151,19 @@ def test_cost_from_price_table_and_unpriced_models():
     s = client.stats()
     assert s["cost_usd"] == pytest.approx(expected) and s["unpriced_calls"] == 1
     assert prices.cost("no-such", 1, 1) is None
+
+
+def test_fake_script_that_raises_or_returns_none_is_a_recorded_failure():
+    from librachem.llm.fake import FakeClient
+
+    def script(req):
+        text = req.messages[-1]["content"]
+        if text == "boom":
+            raise RuntimeError("script bug")
+        return None if text == "none" else "fine"
+
+    out = FakeClient(script).complete([
+        LLMParams(backend="fake", model="m").request([{"role": "user", "content": t}])
+        for t in ("boom", "none", "ok")])
+    assert [c.ok for c in out] == [False, False, True]
+    assert "script bug" in out[0].error and "None" in out[1].error

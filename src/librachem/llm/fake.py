@@ -25,7 +25,8 @@ class FakeClient:
     """Answers each request with ``script(request)``.
 
     ``script`` may return a string (a normal ``stop`` completion), a full
-    :class:`Completion`, or an exception instance (recorded as a failed completion).
+    :class:`Completion`, or an exception instance (recorded as a failed completion); a
+    script that raises, or returns ``None``, is recorded as a failed completion too.
     ``requests`` lists every request seen, in order; ``calls`` counts ``complete`` calls.
     """
 
@@ -40,7 +41,12 @@ class FakeClient:
         out: list[Completion] = []
         for req in requests:
             self.requests.append(req)
-            reply = self.script(req)
+            try:
+                reply = self.script(req)
+            except Exception as exc:  # noqa: BLE001 - a raising script is a failed call
+                reply = exc
+            if reply is None:
+                reply = ValueError("fake script returned None")
             if isinstance(reply, Completion):
                 out.append(reply)
             elif isinstance(reply, Exception):
