@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from tqdm import tqdm
 
 from librachem.answers import (ANSWER_REASONS, KINDS, KINDS_BY_LABEL, AnswerPrompts, Kind,
@@ -33,7 +33,7 @@ from librachem.answers import (ANSWER_REASONS, KINDS, KINDS_BY_LABEL, AnswerProm
                                tidy, verdict_reason)
 from librachem.atomic import write_json
 from librachem.config import Section
-from librachem.errors import ConfigError, QualityGateError
+from librachem.errors import QualityGateError
 from librachem.hazard import redact, redacted_remainder, scan
 from librachem.llm.base import ChatRequest, Completion
 from librachem.llm.config import LLMParams
@@ -112,6 +112,20 @@ class GenerateParams(Section):
     max_drop_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     max_llm_failure_rate: float = Field(default=0.2, ge=0.0, le=1.0)
     rows_per_shard: int = Field(default=1000, ge=1, le=10_000_000)
+
+    @field_validator("intent_weights")
+    @classmethod
+    def _known_intents(cls, value: dict[str, int]) -> dict[str, int]:
+        """Keys must name an intent of the packaged request templates (so `librachem
+        check-params` catches a typo before any LLM call)."""
+        if value:
+            known = {f"{label}:{i.name}" for i in load_request_templates().intents
+                     for label in ("legitimate", "illegitimate")}
+            unknown = sorted(set(value) - known)
+            if unknown:
+                raise ValueError(f"unknown label:intent keys {unknown}; expected some of "
+                                 f"{sorted(known)}")
+        return value
 
 
 @dataclass
@@ -330,12 +344,6 @@ def run_generate(seeds_path: Path, out_dir: Path, metrics_path: Path, params: Ge
     templates = load_request_templates()
     prompts = load_answer_prompts()
     seeds = read_seeds(seeds_path)
-    known = {f"{label}:{i.name}" for i in templates.intents
-             for label in ("legitimate", "illegitimate")}
-    unknown = sorted(set(params.intent_weights) - known)
-    if unknown:
-        raise ConfigError(f"generate.intent_weights: unknown label:intent keys {unknown}; "
-                          f"expected some of {sorted(known)}")
     reqs = cap_requests(craft_requests(seeds, templates, params.intent_set, params.seed),
                         params.max_requests.model_dump(), params.seed, params.intent_weights)
     log.info("phase 1: %d requests from %d seeds rows", len(reqs), len(seeds))

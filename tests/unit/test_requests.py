@@ -95,6 +95,9 @@ def test_unknown_intent_weight_key_fails():
     with pytest.raises(ConfigError, match="intent_weights"):
         validate_section(GenerateParams, "generate",
                          {"intent_weights": {"legitimate:synthesis": 0}})
+    with pytest.raises(ConfigError, match=r"unknown label:intent keys \['legitimate:synthesys'\]"):
+        validate_section(GenerateParams, "generate",  # well-formed, but no such intent
+                         {"intent_weights": {"legitimate:synthesys": 2}})
 
 
 def test_unknown_intent_set_and_bad_seeds(tmp_path):
