@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--latency-ms", type=float, default=100.0)
-    ap.add_argument("--rounds", type=int, default=3,
+    ap.add_argument("--rounds", type=int, default=5,
                     help="alternating baseline/ours rounds; medians are reported")
     args = ap.parse_args()
     os.environ["LIBRACHEM_BENCH_KEY"] = "bench"
