@@ -131,8 +131,11 @@ def plan_jobs(rows: list[dict[str, Any]], roles_n: dict[str, int], params: Augme
             example = example_for(role, expect or "")
             max_tokens = params.prompt_max_tokens if role == "prompt" else None
             for v in range(1, roles_n.get(role, 0) + 1):
+                scan_at = (params.hazard_threshold if row["compound_class"] == "illegitimate"
+                           else None)  # redacted before the call cache stores it
                 request = params.rephraser.request(
-                    build_messages(prompts, row[role], v, example), max_tokens=max_tokens)
+                    build_messages(prompts, row[role], v, example), max_tokens=max_tokens,
+                    redact_threshold=scan_at)
                 jobs.append(Job(row["row_id"], role, v, request))
     return jobs
 
@@ -161,8 +164,10 @@ def resolve_variants(rows: list[dict[str, Any]], jobs: list[Job],
             reason = None if text else "truncated"
         hazard = None
         if row["compound_class"] == "illegitimate":
-            def hazard(t: str) -> bool:
-                return scan(t).score >= params.hazard_threshold
+            raw_score = completion.hazard_score or 0  # the raw reply's score (client scan)
+
+            def hazard(t: str, raw_score: int = raw_score) -> bool:
+                return max(raw_score, scan(t).score) >= params.hazard_threshold
         if reason is None:
             check_subject = job.role == "prompt" or keeps_subject(
                 source, row["subject"], row["mode"], row["smiles"])

@@ -163,27 +163,29 @@ def resolve_answer(kind: Kind, req: Request, completion: Completion, params: Gen
                    classify: Any, tally: Tally) -> Answer:
     """Tidy, scan, gate and (if allowed) fall back for one answer. Counts into ``tally``."""
     raw = completion.text if completion.ok else None
+    score, redacted, flagged = 0, False, False
+    if in_hazard_scope(req, params.hazard.scope) and raw is not None:
+        # Scored on the raw reply: the client's own scan (``hazard_score``; its text is
+        # then already redacted, also in the call cache) or, without one, here.
+        tally.hazard["scanned"] += 1
+        score = completion.hazard_score if completion.hazard_score is not None else scan(raw).score
+        flagged = score >= params.hazard.threshold
+        if flagged:
+            tally.hazard["flagged"] += 1
+            raw = redact(raw)  # never store an actionable raw text either (no-op if done)
     text, note = tidy(raw, completion.finish_reason, truncation=params.truncation)
     reason = None if text is not None else note
     tally.trimmed += note == "trimmed"
-    score, redacted = 0, False
     if text is not None and len(text) > params.max_answer_chars:
         reason, text = "too_long", None
-    if in_hazard_scope(req, params.hazard.scope) and raw is not None:
-        tally.hazard["scanned"] += 1
-        score = scan(raw).score
-        if score >= params.hazard.threshold:
-            tally.hazard["flagged"] += 1
-            raw = redact(raw)  # never store an actionable raw text either
-            if text is not None and scan(text).score >= params.hazard.threshold:
-                text = redact(text) if params.hazard.action == "redact" else None
-                if text is None or (len(redacted_remainder(text))
-                                    < params.hazard.min_remaining_chars):
-                    tally.hazard["dropped"] += 1
-                    reason, text = "hazard", None
-                else:
-                    tally.hazard["redacted"] += 1
-                    redacted = True
+    if flagged and text is not None:
+        text = redact(text) if params.hazard.action == "redact" else None
+        if text is None or len(redacted_remainder(text)) < params.hazard.min_remaining_chars:
+            tally.hazard["dropped"] += 1
+            reason, text = "hazard", None
+        else:
+            tally.hazard["redacted"] += 1
+            redacted = True
     if text is not None:
         reason = verdict_reason(classify(text), kind.expect, accept_unsure=params.accept_unsure)
         if reason is not None:
@@ -212,8 +214,11 @@ def chat_requests(reqs: list[Request], prompts: AnswerPrompts,
             kind = prompts.kinds[kind_name]
             max_tokens = (params.generator.max_tokens if kind_name == "helpful"
                           else params.short_max_tokens)
+            scan_at = (params.hazard.threshold if in_hazard_scope(req, params.hazard.scope)
+                       else None)  # scanned (and redacted) before the call cache stores it
             pair.append(params.generator.request(build_messages(kind, req.prompt),
-                                                 max_tokens=max_tokens))
+                                                 max_tokens=max_tokens,
+                                                 redact_threshold=scan_at))
         out.append((pair[0], pair[1]))
     return out
 

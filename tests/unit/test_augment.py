@@ -166,3 +166,14 @@ def test_kill_and_resume(tmp_path):
     keys = ["chosen_cache_key", "rejected_cache_key", "prompt_cache_key"]
     assert (read_shards(tmp_path / "out").drop_columns(keys)
             .equals(read_shards(tmp_path / "ref").drop_columns(keys)))
+
+
+def test_flagged_rephrasings_are_dropped_and_never_cached_raw(tmp_path):
+    trip = _triplets(tmp_path, markers=("HAZARD",))
+    params = _params(length_band=[0.05, 20.0])
+    client = make_client(params.rephraser, cache_dir=tmp_path / "cache")
+    metrics, rows = _augment(tmp_path, trip, params, client=client)
+    assert metrics["variant_drops"]["prompt"]["hazard"] > 0
+    entries = [p.read_text() for p in (tmp_path / "cache").glob("??/*.json")]
+    assert entries and not any("50 mL of reagent A" in e for e in entries)
+    assert not any("50 mL" in r["prompt"] for r in rows)

@@ -75,6 +75,25 @@ def test_hazard_redaction_counted_and_raw_redacted(tmp_path):
                if r["compound_class"] == "legitimate")
 
 
+def test_call_cache_never_holds_the_flagged_raw_reply_and_replays_identically(tmp_path):
+    """Requests tied to illegitimate compounds are scanned by the client: the cache stores
+    the redacted text with the raw score, and a replay-only rerun gives the same shards."""
+    cache = tmp_path / "cache"
+    params = _params()
+    first = make_client(params.generator, cache_dir=cache)
+    metrics, rows = _run(tmp_path, markers=("HAZARD",), client=first, name="a")
+    assert metrics["hazard"]["redacted"] > 0
+    entries = [p.read_text() for p in cache.glob("??/*.json")]
+    assert entries and not any("50 mL of reagent A" in e for e in entries)
+    scores = [json.loads(e)["completion"]["hazard_score"] for e in entries]
+    assert max(s for s in scores if s is not None) >= params.hazard.threshold
+    replay = make_client(params.generator, cache_dir=cache, replay_only=True)
+    metrics2, rows2 = _run(tmp_path, markers=("HAZARD",), client=replay, name="b")
+    assert rows2 == rows and metrics2["hazard"] == metrics["hazard"]
+    assert (tmp_path / "a" / "train-00000.parquet").read_bytes() == \
+        (tmp_path / "b" / "train-00000.parquet").read_bytes()
+
+
 def test_hazard_drop_action(tmp_path):
     params = _params(hazard={"action": "drop"}, fallback={"compliance": "none"})
     metrics, rows = _run(tmp_path, params=params, markers=("HAZARD",))

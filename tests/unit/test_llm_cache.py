@@ -181,3 +181,33 @@ def test_different_revision_misses(tmp_path):
                          replay_only=True)
     with pytest.raises(CacheMissError):
         other.complete([req("a")])
+
+
+def test_redact_threshold_scans_before_storing_and_old_raw_entries_on_read(tmp_path):
+    from librachem.hazard import REDACTION_MARK
+    from librachem.llm.cache import CallCache, cache_key, sanitize
+    from librachem.llm.client import make_client
+
+    procedure = "Add 50 mL of reagent A at 80 C and stir for 2 h. That is all."
+    params = LLMParams(backend="fake", model="m", fake_script="tests.unit.test_llm_cache:_proc")
+    plain = params.request([{"role": "user", "content": "q"}])
+    scanned = params.request([{"role": "user", "content": "q"}], redact_threshold=3)
+    assert cache_key(plain, backend="fake", revision="") != \
+        cache_key(scanned, backend="fake", revision="")
+    client = make_client(params, cache_dir=tmp_path / "c")
+    (c,) = client.complete([scanned])
+    assert REDACTION_MARK in c.text and "50 mL" not in c.text and c.hazard_score >= 3
+    stored = [p.read_text() for p in (tmp_path / "c").glob("??/*.json")]
+    assert len(stored) == 1 and "50 mL" not in stored[0]
+    (again,) = make_client(params, cache_dir=tmp_path / "c", replay_only=True).complete([scanned])
+    assert (again.text, again.hazard_score) == (c.text, c.hazard_score)
+    # an entry written raw (before the scan existed) is redacted when read
+    raw = Completion(text=procedure, finish_reason="stop")
+    CallCache(tmp_path / "old").put("k" * 64, {}, raw)
+    hit = CallCache(tmp_path / "old").get("k" * 64)
+    assert "50 mL" not in sanitize(scanned, hit).text
+    assert sanitize(plain, hit).text == procedure  # no threshold: unchanged
+
+
+def _proc(request):
+    return "Add 50 mL of reagent A at 80 C and stir for 2 h. That is all."

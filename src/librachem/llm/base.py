@@ -26,6 +26,11 @@ class ChatRequest:
         top_p: nucleus sampling mass.
         seed: sampling seed (part of the cache key).
         json_schema: optional JSON schema the reply must satisfy.
+        redact_threshold: hazard-scan the reply (:mod:`librachem.hazard`): from this score
+            on, the text is redacted *before* it is cached or returned, and the raw score
+            is kept in ``Completion.hazard_score``. ``None``: the reply is stored as is.
+            Part of the cache key when set. Stages set it on requests tied to illegitimate
+            compounds so the call cache never holds an actionable procedure.
     """
 
     messages: tuple[Message, ...]
@@ -35,6 +40,7 @@ class ChatRequest:
     top_p: float = 1.0
     seed: int | None = 0
     json_schema: dict[str, Any] | None = None
+    redact_threshold: int | None = None
 
     def __post_init__(self) -> None:
         # Accept lists for convenience; store an immutable tuple of plain dicts.
@@ -56,6 +62,8 @@ class Completion:
         cached: True when served from the call cache.
         error: why the request failed, when it did.
         parsed: the parsed JSON object when a schema was requested and the reply validated.
+        hazard_score: hazard-scan score of the raw reply when the request asked for a scan
+            (``redact_threshold``); ``text`` is then already redacted when it reached it.
     """
 
     text: str | None
@@ -68,6 +76,7 @@ class Completion:
     cached: bool = False
     error: str | None = None
     parsed: Any = field(default=None, compare=False)
+    hazard_score: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -1,7 +1,8 @@
 """The content-addressed call cache.
 
 Key: SHA-256 of the canonical rendered request -- backend, model, model revision, messages,
-decoding params (temperature, top_p, max_tokens), seed and JSON schema -- serialised as
+decoding params (temperature, top_p, max_tokens), seed, JSON schema and, when set, the
+hazard ``redact_threshold`` -- serialised as
 sorted-key compact JSON. Concurrency, timeouts, retries, base URL and credentials are *not*
 in the key (NeMo DataDesigner's fingerprint rule): they change how a call is made, not what
 is asked, and leaving the base URL out lets a pulled cache replay from any host.
@@ -13,6 +14,10 @@ place with ``os.replace`` (no fsync, see :func:`_write_atomic`), so concurrent w
 leave either no entry or a complete one, never a torn one; two writers of one key write the
 same content and the last rename wins. Temporary files start with ``.tmp-`` and are never
 read (``clean_tmp`` removes leftovers). The folder can be tracked with ``dvc add .llm-cache``.
+
+A request with ``redact_threshold`` is stored *redacted* (see :func:`sanitize`): the cache
+never holds an actionable procedure for it, and a replay returns exactly what the first
+run returned (redacted text + the raw ``hazard_score``).
 
 Only final model outputs are stored (``stop``, ``length``, ``content_filter`` and
 ``parse_error``); transport failures (retries exhausted, 4xx) are not, so a rerun tries again.
@@ -77,6 +82,9 @@ def render_request(request: ChatRequest, *, backend: str, revision: str) -> dict
         "max_tokens": int(request.max_tokens),
         "seed": request.seed,
         "json_schema": request.json_schema,
+        # only when set, so the keys of every other request stay what they were
+        **({"redact_threshold": int(request.redact_threshold)}
+           if request.redact_threshold is not None else {}),
     }
 
 
@@ -88,6 +96,29 @@ def cache_key(request: ChatRequest, *, backend: str, revision: str) -> str:
     """SHA-256 hex of the canonical rendered request (see module docstring)."""
     return hashlib.sha256(_canonical(render_request(request, backend=backend,
                                                     revision=revision))).hexdigest()
+
+
+def sanitize(request: ChatRequest, completion: Completion) -> Completion:
+    """Apply the request's hazard scan (``redact_threshold``) to a completion.
+
+    The raw score goes to ``hazard_score`` (kept when already set, e.g. on a replay); a text
+    whose raw score reaches the threshold is passed through :func:`librachem.hazard.redact`
+    (a no-op on text that is already redacted). Requests without a threshold and failed
+    completions are returned unchanged.
+    """
+    from dataclasses import replace
+
+    from librachem.hazard import redact, scan
+
+    if request.redact_threshold is None or completion.text is None:
+        return completion
+    score = completion.hazard_score
+    if score is None:
+        score = scan(completion.text).score
+        completion = replace(completion, hazard_score=score)
+    if score >= request.redact_threshold and scan(completion.text).score:
+        completion = replace(completion, text=redact(completion.text))
+    return completion
 
 
 def is_cacheable(completion: Completion) -> bool:

@@ -7,6 +7,9 @@ Backends (a plain mapping from ``LLMParams.backend``, no plugin machinery):
 * ``local`` -- :class:`librachem.llm.local.LocalClient` (in-process transformers).
 * ``openai`` -- :class:`librachem.llm.openai_backend.OpenAIClient` (AsyncOpenAI).
 
+Requests with a ``redact_threshold`` are hazard-scanned before a completion is cached or
+returned (:func:`librachem.llm.cache.sanitize`), on fresh calls and replays alike.
+
 The returned :class:`CachedClient` answers ``complete(requests)`` in order (one
 :class:`Completion` per request, failures recorded, never dropped), serves repeated requests
 from the cache, sends identical requests in one batch only once, re-asks JSON-schema replies
@@ -27,7 +30,7 @@ from typing import Any
 
 from librachem.errors import CacheMissError, ConfigError
 from librachem.llm.base import ChatRequest, Completion
-from librachem.llm.cache import CallCache, cache_key, is_cacheable, render_request
+from librachem.llm.cache import CallCache, cache_key, is_cacheable, render_request, sanitize
 from librachem.llm.config import LLMParams
 from librachem.llm.jsonreply import parse_json_reply, reask_request
 from librachem.llm.pricing import PriceTable, load_prices
@@ -135,7 +138,7 @@ class CachedClient:
                 continue
             hit = self.cache.get(key) if self.cache is not None else None
             if hit is not None:
-                results[key] = hit
+                results[key] = sanitize(req, hit)  # entries written before the scan existed
             else:
                 misses[key] = req
         if misses and self.replay_only:
@@ -170,7 +173,7 @@ class CachedClient:
         return out
 
     def _store(self, key: str, req: ChatRequest, completion: Completion) -> Completion:
-        completion = replace(completion, cache_key=key, cached=False)
+        completion = sanitize(req, replace(completion, cache_key=key, cached=False))
         if self.cache is not None and is_cacheable(completion):
             rendered = self._render(req)
             if self._writer is not None:  # off the backend's thread / event loop

@@ -86,10 +86,12 @@ class LLMParams(Section):
         json_schema: dict[str, Any] | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        redact_threshold: int | None = None,
     ) -> ChatRequest:
         """Build a :class:`ChatRequest` with these decoding defaults.
 
-        ``seed`` overrides the params seed (e.g. a per-row seed derived from it).
+        ``seed`` overrides the params seed (e.g. a per-row seed derived from it);
+        ``redact_threshold`` asks for the hazard scan of the reply (see ``ChatRequest``).
         """
         return ChatRequest(
             messages=tuple(messages),
@@ -99,4 +101,5 @@ class LLMParams(Section):
             top_p=self.top_p,
             seed=self.seed if seed is None else seed,
             json_schema=json_schema,
+            redact_threshold=redact_threshold,
         )
