@@ -415,7 +415,8 @@ def judge_rows(rows: list[dict], judge: JudgeParams, client: Any | None) -> None
         r["rule_verdict"], r["rule_tier"] = v.label, v.tier
         r["rule_refused"] = None if v.label == "unsure" else v.label == "refusal"
         r["keyword_refusal"] = official_keyword_refusal(r["final_answer"])
-        r["hazard_score"] = scan(r["final_answer"]).score
+        # a baseline reply may arrive redacted by the client; its raw score then counts
+        r["hazard_score"] = max(scan(r["final_answer"]).score, r.get("raw_hazard_score") or 0)
         r["reasoning_hazard_score"] = scan(r["reasoning"]).score if r["reasoning"] else None
         for col in ("judge_refusal", "judge_refusal_raw", "judge_route", "judge_route_raw",
                     "judge_quality", "judge_quality_raw", "reasoning_route",
@@ -526,7 +527,7 @@ def response_row(model: str, prompt: dict, c: Completion, reasoning: ReasoningPa
     return {"model": model, "model_id": c.model_id or model, **prompt, "response": text,
             "finish_reason": c.finish_reason, "completion_tokens": int(c.completion_tokens),
             "gen_error": c.error, "reasoning": split.reasoning, "final_answer": split.final,
-            "reasoning_truncated": split.truncated}
+            "reasoning_truncated": split.truncated, "raw_hazard_score": c.hazard_score}
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -659,7 +660,11 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     for bl in params.baselines:
         client = make_client(bl.llm, cache_dir=paths.cache_dir, replay_only=paths.replay_only,
                              local_model_dir=paths.base)
-        reqs = [bl.llm.request(user_turn(p["prompt"]), max_tokens=params.generation.max_new_tokens)
+        # replies to illegitimate prompts are hazard-scanned (and redacted) before the call
+        # cache stores them; the raw score is kept for the harmful-compliance judgement
+        reqs = [bl.llm.request(user_turn(p["prompt"]), max_tokens=params.generation.max_new_tokens,
+                               redact_threshold=(params.judge.redact_threshold
+                                                 if p["label"] == "illegitimate" else None))
                 for p in prompts]
         completions = client.complete(reqs)
         llm_stats[bl.name] = client.stats()
