@@ -41,6 +41,17 @@ def test_yaml_1_2_floats_load_as_floats(tmp_path):
     assert data["dpo"]["text"] == "5e-6"
 
 
+def test_params_rewritten_by_dvc_exp_run_still_validate(tmp_path):
+    """`dvc exp run -S` rewrites params.yaml with ruamel (YAML 1.2): quotes go, so an
+    unquoted 1:2 must load as the ratio "1:2", not as YAML 1.1's base-60 integer 62."""
+    path = tmp_path / "p.yaml"
+    path.write_text("seeds:\n  ratio: 1:2\n  mode: both\n  test_fraction: 0.2\n  seed: 0\n"
+                    "dpo:\n  beta: 0.2\n")
+    data = read_yaml(path)
+    assert data["seeds"]["ratio"] == "1:2" and data["dpo"]["beta"] == 0.2
+    assert validate_section(section_model("seeds"), "seeds", data["seeds"]).ratio == "1:2"
+
+
 @pytest.mark.parametrize("content, message", [
     ("dpo:\n  beta: 0.1\n  beta: 0.5\n", "duplicate key 'beta'"),
     ("sft: {}\nsft: {}\n", "duplicate key 'sft'"),

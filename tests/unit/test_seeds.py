@@ -335,11 +335,11 @@ def test_ablation_ratios_are_one_value_away_and_params_are_frozen():
         p.seed = 3  # type: ignore[misc]
 
 
-def test_unquoted_yaml_ratio_fails_with_a_hint(tmp_path):
+def test_unquoted_yaml_ratio_reads_as_the_ratio(tmp_path):
+    """YAML 1.2, like DVC's own parser (`dvc exp run -S` drops the quotes): 1:2 is "1:2"."""
     path = tmp_path / "params.yaml"
     path.write_text("seeds:\n  ratio: 1:2\n  mode: both\n  test_fraction: 2e-1\n  seed: 0\n")
-    with pytest.raises(ConfigError, match="quote it"):
-        load_section(SeedsParams, "seeds", path)
+    assert load_section(SeedsParams, "seeds", path).ratio == "1:2"
     path.write_text("seeds:\n  ratio: '1:2'\n  mode: both\n  test_fraction: 2e-1\n  seed: 0\n")
     assert load_section(SeedsParams, "seeds", path).test_fraction == 0.2
 
