@@ -20,8 +20,8 @@ first-user-message, so "fail the first N attempts, then succeed" is scriptable:
 * ``REPLIES:a||b||c``: reply ``a`` to the first turn, ``b`` to the first re-ask, ...
 * otherwise: ``"echo: <last user message>"``
 
-``GET /stats`` returns ``{"requests": total, "by_prompt": {first_user_message: attempts}}``;
-``POST /reset`` clears the counters.
+``GET /stats`` returns ``{"requests": total, "by_prompt": {first_user_message: attempts},
+"max_in_flight": most chat requests being handled at once}``; ``POST /reset`` clears them.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ class FaultServer:
         self.latency_s = latency_s
         self.counts: Counter[str] = Counter()
         self.total = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -61,13 +63,19 @@ class FaultServer:
                 break
         path, method = scope["path"], scope["method"]
         if path == "/stats":
-            await _send(send, 200, {"requests": self.total, "by_prompt": dict(self.counts)})
+            await _send(send, 200, {"requests": self.total, "by_prompt": dict(self.counts),
+                                    "max_in_flight": self.max_in_flight})
         elif path == "/reset" and method == "POST":
             self.counts.clear()
-            self.total = 0
+            self.total = self.max_in_flight = 0
             await _send(send, 200, {"ok": True})
         elif path.endswith("/chat/completions") and method == "POST":
-            await self.chat(json.loads(body), send)
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            try:
+                await self.chat(json.loads(body), send)
+            finally:
+                self.in_flight -= 1
         else:
             await _send(send, 404, {"error": {"message": f"no route {path}"}})
 

@@ -108,6 +108,17 @@ def test_many_requests_none_lost_or_duplicated(server):
         assert counts[q] == (1 + i % 3 if i % 4 == 0 else 1)
 
 
+def test_concurrency_bounds_requests_in_flight():
+    """Exactly ``concurrency`` requests in flight: the bound is kept and is also used.
+    (Own server: the shared one may still be sleeping on requests other tests timed out.)"""
+    with RunningServer() as own:
+        p = params(own, concurrency=5, timeout_s=5)
+        out = make_client(p, cache_dir=None).complete(
+            ask(p, *(f"[slowx1:0.2] bounded {i}" for i in range(23))))
+        assert [c.text for c in out] == [f"echo: [slowx1:0.2] bounded {i}" for i in range(23)]
+        assert own.stats()["max_in_flight"] == 5
+
+
 @pytest.mark.parametrize("prompt,match", [
     ("[quota] out of money", "quota exhausted.*You exceeded your current quota"),
     ("[401] bad key", "HTTP 401.*Incorrect API key"),

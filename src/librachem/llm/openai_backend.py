@@ -1,7 +1,11 @@
 """``OpenAIClient``: any OpenAI-compatible chat-completions server through ``AsyncOpenAI``.
 
-* Bounded concurrency: at most ``LLMParams.concurrency`` requests in flight (a semaphore;
-  a request waiting out a backoff keeps its slot, which eases pressure on a limiting server).
+* Bounded concurrency: ``LLMParams.concurrency`` worker tasks, each sending its next request
+  as soon as the previous one is answered (a request waiting out a backoff keeps its slot,
+  which eases pressure on a limiting server). Workers rather than one task per request
+  behind a semaphore: a freed slot is reused by the task that freed it instead of waking a
+  waiter at the back of the event loop's ready queue, which shortens the gap between
+  answers and new sends when 64 answers arrive together (bench/llm_throughput.py: ~+1-2%).
 * The ``openai`` client's own retries are off (``max_retries=0``); tenacity retries
   **429** (rate limit), **5xx**, timeouts, connection errors and malformed/empty 200
   replies, ``max_retries`` times after the first attempt, waiting a full-jitter exponential
@@ -167,25 +171,26 @@ class OpenAIClient:
         from tqdm.auto import tqdm
 
         out: list[Completion | None] = [None] * len(requests)
-        sem = asyncio.Semaphore(self.params.concurrency)
         bar = tqdm(total=len(requests), desc=f"openai {self.params.model}", unit="req",
                    disable=None if self.progress else True)
         async with openai.AsyncOpenAI(api_key=self._key, base_url=self.params.base_url,
                                       timeout=self.params.timeout_s, max_retries=0,
                                       http_client=openai.DefaultAioHttpClient()) as client:
 
-            async def one(i: int, req: ChatRequest) -> None:
-                async with sem:
+            todo = iter(enumerate(requests))
+
+            async def worker() -> None:
+                for i, req in todo:
                     c = await self._with_retries(client, req)
-                out[i] = c
-                if on_result is not None:
-                    on_result(i, c)
-                bar.update(1)
+                    out[i] = c
+                    if on_result is not None:
+                        on_result(i, c)
+                    bar.update(1)
 
             try:
                 async with asyncio.TaskGroup() as tg:
-                    for i, req in enumerate(requests):
-                        tg.create_task(one(i, req))
+                    for _ in range(min(self.params.concurrency, len(requests))):
+                        tg.create_task(worker())
             except BaseExceptionGroup as group:
                 fatal = [e for e in _leaves(group) if isinstance(e, LLMError)]
                 raise (fatal[0] if fatal else group.exceptions[0]) from None
