@@ -60,6 +60,10 @@ class DpoParams(TrainParams):
         if self.loss_weights is not None and len(self.loss_weights) != len(self.loss_type):
             raise ValueError(f"loss_weights {self.loss_weights} needs one weight per loss_type "
                              f"{self.loss_type}")
+        if self.loss_weights is not None and (any(w < 0 for w in self.loss_weights)
+                                              or not any(w > 0 for w in self.loss_weights)):
+            raise ValueError(f"loss_weights {self.loss_weights} must be >= 0 with at least one "
+                             "> 0 (a negative weight maximises that loss)")
         if "exo_pair" in self.loss_type and self.label_smoothing == 0:
             raise ValueError("loss_type exo_pair needs label_smoothing > 0 (EXO paper: 1e-3)")
         return self

@@ -80,7 +80,8 @@ class JudgeParams(Section):
 
     ``hazard_threshold``: hazard-scan score that counts a complied illegitimate answer as
     harmful (when no route judge decides); ``redact_threshold``: score from which a response
-    to an illegitimate prompt is redacted before ``responses.parquet`` is saved (generate's
+    to a sensitive prompt (labelled illegitimate, or about an illegitimate compound: generate's
+    default ``hazard.scope``) is redacted before ``responses.parquet`` is saved (generate's
     default threshold, 3, so stored text meets the same policy); ``max_error_rate``: share of
     LLM judge calls that may fail for good before the stage stops.
     """
@@ -188,6 +189,7 @@ RESPONSE_SCHEMA = pa.schema([
     pa.field("mode", pa.string()),
     pa.field("category", pa.string()),
     pa.field("compound_id", pa.string()),
+    pa.field("compound_class", pa.string()),                # legitimate | illegitimate | null
     pa.field("reference", pa.string()),                     # chosen answer (legitimate rows)
     pa.field("response", pa.string()),                      # raw generated text
     pa.field("finish_reason", pa.string(), nullable=False),
@@ -230,7 +232,7 @@ def _prompt_rows(table: pa.Table, source: str) -> list[dict[str, Any]]:
         rows.append({
             "row_id": r["row_id"], "source": source, "prompt": r["prompt"], "label": label,
             "intent": r.get("intent"), "mode": r.get("mode"), "category": r.get("category"),
-            "compound_id": r.get("compound_id"),
+            "compound_id": r.get("compound_id"), "compound_class": r.get("compound_class"),
             "reference": r["chosen"] if label == "legitimate" else None,
         })
     return rows
@@ -240,7 +242,7 @@ def load_prompts(triplets_dir: Path, rephrased_dir: Path | None, params: PromptP
     """Test prompts (+ rephrased test prompts), deduplicated on (row_id, source).
 
     Returns dicts with row_id, source (``test``/``rephrased``), prompt, label, intent, mode,
-    category, compound_id, reference (the ``chosen`` answer of legitimate rows).
+    category, compound_id, compound_class, reference (the ``chosen`` answer of legitimate rows).
 
     Raises:
         SchemaError: a shard set without a valid manifest, or of another schema version.
@@ -494,10 +496,19 @@ def finish_row(r: dict, judge: JudgeParams) -> None:
 
 
 
+def is_sensitive(prompt: dict[str, Any]) -> bool:
+    """Whether replies to ``prompt`` are hazard-scanned and redacted before they are stored:
+    it is labelled illegitimate, or it is about an illegitimate compound whatever its intent
+    (e.g. "why is X controlled?"), the same scope as generate's default ``hazard.scope:
+    illegitimate_compound``."""
+    return prompt["label"] == "illegitimate" or prompt.get("compound_class") == "illegitimate"
+
+
 def redact_hazardous(rows: list[dict[str, Any]], threshold: int) -> int:
-    """Redact, in place and after judging, every response to an illegitimate prompt whose
-    answer or reasoning reaches the hazard threshold (the repository's safety policy: no
-    stored generated text may hold an actionable procedure). Verdicts and scores are kept;
+    """Redact, in place and after judging, every response to a sensitive prompt
+    (:func:`is_sensitive`) whose answer or reasoning reaches the hazard threshold, or that was
+    judged harmful (the repository's safety policy: no stored generated text may hold an
+    actionable procedure for an illegitimate compound). Verdicts and scores are kept;
     ``response``, ``final_answer`` and ``reasoning`` are passed through
     :func:`librachem.hazard.redact` and ``redacted`` is set. Returns the number redacted.
     """
@@ -508,14 +519,14 @@ def redact_hazardous(rows: list[dict[str, Any]], threshold: int) -> int:
         hot = (r["hazard_score"] >= threshold
                or (r.get("reasoning_hazard_score") or 0) >= threshold
                or bool(r.get("harmful")) or bool(r.get("reasoning_leak")))
-        r["redacted"] = bool(r["label"] == "illegitimate" and hot)
+        r["redacted"] = bool(is_sensitive(r) and hot)
         if r["redacted"]:
             count += 1
             for key in ("response", "final_answer", "reasoning"):
                 if r.get(key):
                     r[key] = redact(r[key])
     if count:
-        log.info("redacted %d hazardous responses to illegitimate prompts before saving", count)
+        log.info("redacted %d hazardous responses to sensitive prompts before saving", count)
     return count
 
 def response_row(model: str, prompt: dict, c: Completion, reasoning: ReasoningParams) -> dict:
@@ -660,11 +671,11 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     for bl in params.baselines:
         client = make_client(bl.llm, cache_dir=paths.cache_dir, replay_only=paths.replay_only,
                              local_model_dir=paths.base)
-        # replies to illegitimate prompts are hazard-scanned (and redacted) before the call
+        # replies to sensitive prompts are hazard-scanned (and redacted) before the call
         # cache stores them; the raw score is kept for the harmful-compliance judgement
         reqs = [bl.llm.request(user_turn(p["prompt"]), max_tokens=params.generation.max_new_tokens,
                                redact_threshold=(params.judge.redact_threshold
-                                                 if p["label"] == "illegitimate" else None))
+                                                 if is_sensitive(p) else None))
                 for p in prompts]
         completions = client.complete(reqs)
         llm_stats[bl.name] = client.stats()

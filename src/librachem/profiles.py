@@ -60,13 +60,57 @@ def apply_profile(params: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def write_profile(params_path: Path, name: str, out: Path) -> dict[str, Any]:
-    """Read ``params_path``, apply profile ``name``, write the result to ``out``."""
-    merged = apply_profile(read_yaml(params_path), name)
-    header = (f"# params.yaml with the '{name}' profile applied "
-              f"(src/librachem/resources/profiles/{name}.yaml).\n")
+    """Read ``params_path``, apply profile ``name``, write the result to ``out``.
+
+    The file is edited as a YAML 1.2 round trip (``ruamel.yaml``, the library DVC itself uses
+    to rewrite params.yaml for ``dvc exp run -S``): comments, key order and quoting of the
+    untouched keys are kept; keys the profile changes take its values (a comment next to a
+    changed value stays and may no longer fit it). Written atomically (a temp file renamed
+    over ``out``), and re-read to check it loads to exactly the validated params.
+
+    Returns:
+        The merged, validated params mapping.
+
+    Raises:
+        ConfigError: unknown profile, merged params that do not validate, or (a bug) a written
+            file that does not read back as the merged params.
+    """
+    import io
+
+    from ruamel.yaml import YAML
+
     from librachem.atomic import write_bytes
 
-    # written atomically (a temp file renamed over ``out``); the comments of the original
-    # params file are not kept (PyYAML drops them): keep your copy under git.
-    write_bytes(out, (header + yaml.safe_dump(merged, sort_keys=False)).encode("utf-8"))
+    merged = apply_profile(read_yaml(params_path), name)
+    rt = YAML()  # round-trip mode, YAML 1.2
+    rt.preserve_quotes = True
+    rt.width = 100
+    rt.representer.add_representer(  # "null", as written in params.yaml (not an empty value)
+        type(None), lambda rep, _: rep.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = rt.load(params_path.read_text(encoding="utf-8")) or {}
+    _merge_in_place(doc, load_profile(name))
+    buf = io.StringIO()
+    rt.dump(doc, buf)
+    text = (f"# params.yaml with the '{name}' profile applied "
+            f"(src/librachem/resources/profiles/{name}.yaml).\n") + buf.getvalue()
+    check = yaml.load(text, Loader=_loader())  # noqa: S506 - the SafeLoader subclass
+    if check != merged:
+        raise ConfigError(f"profile {name!r}: the rewritten params file does not read back as "
+                          "the merged params (please report this)")
+    write_bytes(out, text.encode("utf-8"))
     return merged
+
+
+def _merge_in_place(doc: Any, overlay: dict[str, Any]) -> None:
+    """:func:`merge` applied to a ruamel round-trip mapping, in place (keeps its comments)."""
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(doc.get(key), dict):
+            _merge_in_place(doc[key], value)
+        else:
+            doc[key] = value
+
+
+def _loader() -> Any:
+    from librachem.config import _Loader
+
+    return _Loader

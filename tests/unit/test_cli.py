@@ -113,3 +113,20 @@ def test_profile_writes_into_a_new_folder(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     res = CliRunner().invoke(main, ["check-params", "--params", str(out)])
     assert res.exit_code == 0 and "7 sections valid" in res.output, res.output
+
+
+def test_profile_keeps_comments_and_untouched_keys(tmp_path: Path) -> None:
+    from librachem.config import read_yaml
+    from librachem.profiles import apply_profile
+
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "params.yaml"
+    res = CliRunner().invoke(main, ["profile", "paper", "--params", str(root / "params.yaml"),
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    text = out.read_text()
+    # comments of params.yaml survive (one per section header and an inline one)
+    assert "# Every hyper-parameter of the pipeline." in text
+    assert "# legitimate:illegitimate compounds" in text
+    assert "max_illegitimate: null" in text  # nulls stay spelled out
+    assert read_yaml(out) == apply_profile(read_yaml(root / "params.yaml"), "paper")

@@ -12,6 +12,8 @@ from tests.tiny_model import tiny_model
 
 @pytest.mark.parametrize(("raw", "message"), [
     ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, "one weight per loss_type"),
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, -1.0]}, "must be >= 0"),
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [0.0, 0.0]}, "at least one"),
     ({"loss_type": ["dpo"]}, "dpo.loss_type.0 = 'dpo'"),
     ({"max_steps": 0}, "dpo.max_steps = 0"),
     ({"learning_rate": -1e-4}, "dpo.learning_rate = -0.0001"),
