@@ -86,14 +86,23 @@ def read_yaml(path: Path | str) -> dict[str, Any]:
         raise ConfigError(f"cannot read params file {path}: {exc}") from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text ({exc}); save it as UTF-8") from exc
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str = "<text>") -> dict[str, Any]:
+    """Parse YAML text into a mapping as :func:`read_yaml` does (``source`` names it in errors).
+
+    Raises:
+        ConfigError: not valid YAML (duplicate keys included), or not a mapping.
+    """
     try:
         data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{source} is not valid YAML: {exc}") from exc
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
     return data
 
 

@@ -12,9 +12,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from librachem.config import read_yaml, validate_all
+from librachem.config import parse_yaml, read_yaml, validate_all
 from librachem.errors import ConfigError
 
 
@@ -93,8 +91,7 @@ def write_profile(params_path: Path, name: str, out: Path) -> dict[str, Any]:
     rt.dump(doc, buf)
     text = (f"# params.yaml with the '{name}' profile applied "
             f"(src/librachem/resources/profiles/{name}.yaml).\n") + buf.getvalue()
-    check = yaml.load(text, Loader=_loader())  # noqa: S506 - the SafeLoader subclass
-    if check != merged:
+    if parse_yaml(text, str(out)) != merged:
         raise ConfigError(f"profile {name!r}: the rewritten params file does not read back as "
                           "the merged params (please report this)")
     write_bytes(out, text.encode("utf-8"))
@@ -108,9 +105,3 @@ def _merge_in_place(doc: Any, overlay: dict[str, Any]) -> None:
             _merge_in_place(doc[key], value)
         else:
             doc[key] = value
-
-
-def _loader() -> Any:
-    from librachem.config import _Loader
-
-    return _Loader
