@@ -86,8 +86,8 @@ class SeedsParams(Section):
     """``params.yaml: seeds``.
 
     ratio: ``"L:I"``, legitimate:illegitimate compounds, non-negative integers, not both 0
-        (paper: ``"1:2"``; ablations ``"0:1"``, ``"1:1"``). Quote it in YAML: unquoted ``1:2``
-        is a YAML 1.1 base-60 integer (62).
+        (paper: ``"1:2"``; ablations ``"0:1"``, ``"1:1"``). Params are read as YAML 1.2
+        (:mod:`librachem.config`), so quoted or not, ``1:2`` is this string.
     mode: ``text`` (names), ``smiles`` or ``both`` (paper: TEXT and SMILES modes).
     test_fraction: share of sampled compounds in the test split, 0 < x < 1.
     seed: seeds every random choice of the stage.
@@ -103,10 +103,8 @@ class SeedsParams(Section):
     @field_validator("ratio", mode="before")
     @classmethod
     def _check_ratio(cls, value: Any) -> str:
-        if isinstance(value, bool) or not isinstance(value, str):
-            hint = (" (YAML 1.1 reads an unquoted 1:2 as the base-60 integer 62; quote it)"
-                    if isinstance(value, int) and not isinstance(value, bool) else "")
-            raise ValueError(f"expected a quoted string 'L:I' such as \"1:2\"{hint}")
+        if not isinstance(value, str):
+            raise ValueError("expected 'L:I' such as \"1:2\" (legitimate:illegitimate)")
         match = _RATIO_RE.match(value)
         if not match:
             raise ValueError("expected 'L:I' (legitimate:illegitimate, non-negative integers), "

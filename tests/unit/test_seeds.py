@@ -303,7 +303,7 @@ def test_output_schema_metadata_and_metrics(tmp_path, pool_csv):
 @pytest.mark.parametrize("raw,fragment", [
     ({"ratio": "1-2"}, "seeds.ratio = '1-2'"),
     ({"ratio": "0:0"}, "at least one non-zero side"),
-    ({"ratio": 62}, "base-60 integer 62; quote it"),
+    ({"ratio": 62}, "expected 'L:I'"),
     ({"ratio": "-1:2"}, "seeds.ratio = '-1:2'"),
     ({"mode": "images"}, "seeds.mode = 'images'"),
     ({"test_fraction": 0.0}, "seeds.test_fraction = 0.0"),
