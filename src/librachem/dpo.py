@@ -163,7 +163,7 @@ def flat_metrics(summary: dict[str, Any], data: dict[str, Any],
     out: dict[str, Any] = {"dpo": dpo}
     if sft_record is not None:
         s = sft_record.get("summary", {})
-        out["sft"] = {"steps": s.get("global_steps"), "runtime_s": s.get("train_runtime_s"),
+        out["sft"] = {"steps": s.get("global_steps"),  # runtime: metrics/sft/metrics.json
                       "loss_first": s.get("loss", {}).get("first"), "loss_last": last(s, "loss"),
                       "rows_used": sft_record.get("data", {}).get("rows_kept")}
     return out

@@ -256,6 +256,9 @@ class LiveCurves:
 
             def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
                 logs = logs or {}
+                if self.live is not None and "train_runtime" in logs:
+                    # wall clock belongs in the (uncached) metrics file, not the adapter folder
+                    self.live.summary["train_runtime_s"] = round(float(logs["train_runtime"]), 2)
                 row = {k: float(logs[k]) for k in keys if k in logs}
                 if not row:
                     return
@@ -464,6 +467,35 @@ def fit(make_trainer: Any, *, model: Any, tokenizer: Any, params: TrainParams,
     return trainer, summary
 
 
+#: Summary keys that measure the machine, not the result: kept out of the adapter folder so
+#: a rerun with the same inputs writes a byte-identical folder (same DVC hash); the runtime
+#: goes to the stage's DVCLive ``metrics.json`` (``train_runtime_s``) instead.
+WALL_CLOCK_KEYS = frozenset({"train_runtime_s"})
+
+
+def without_wall_clock(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with :data:`WALL_CLOCK_KEYS` removed from its ``summary`` (a copy)."""
+    summary = record.get("summary")
+    if not isinstance(summary, dict):
+        return record
+    return {**record, "summary": {k: v for k, v in summary.items() if k not in WALL_CLOCK_KEYS}}
+
+
+def canonicalize_adapter_config(adapter_dir: Path) -> None:
+    """Sort ``target_modules`` in PEFT's ``adapter_config.json``.
+
+    PEFT keeps ``target_modules`` as a ``set`` and writes it in set order, which follows the
+    per-process string hash seed (``PYTHONHASHSEED``), so two identical runs wrote different
+    files. The order has no meaning to PEFT (it loads the list back into a set).
+    """
+    path = Path(adapter_dir) / "adapter_config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    modules = config.get("target_modules")
+    if isinstance(modules, list) and all(isinstance(m, str) for m in modules):
+        config["target_modules"] = sorted(modules)
+        write_json(path, config)
+
+
 def save_adapter(trainer: Any, tokenizer: Any, out_dir: Path, *, record: dict[str, Any],
                  title: str, is_main: bool) -> None:
     """Write the adapter folder atomically: weights + ``adapter_config.json``, tokenizer,
@@ -471,7 +503,8 @@ def save_adapter(trainer: Any, tokenizer: Any, out_dir: Path, *, record: dict[st
     folder that replaces ``out_dir`` at the end, so a kill never leaves a folder with a
     half-written adapter. Every rank calls ``save_model`` (it gathers ZeRO-3 / FSDP shards;
     rank 0 writes). The trainer's pickled ``training_args.bin`` is removed (the JSON effective
-    config replaces it)."""
+    config replaces it). The folder is a function of the inputs: no wall-clock values, and
+    ``adapter_config.json`` in a canonical order (:func:`canonicalize_adapter_config`)."""
     import os
     import shutil
 
@@ -483,9 +516,11 @@ def save_adapter(trainer: Any, tokenizer: Any, out_dir: Path, *, record: dict[st
     if not is_main:
         return
     (tmp / "training_args.bin").unlink(missing_ok=True)
+    canonicalize_adapter_config(tmp)
     tokenizer.save_pretrained(tmp)
     if (out_dir / TEMPLATE_REPORT).is_file():
         shutil.copy2(out_dir / TEMPLATE_REPORT, tmp / TEMPLATE_REPORT)
+    record = without_wall_clock(record)
     write_effective_config(tmp, record)
     write_model_card(tmp, title=title, record=record)
     shutil.rmtree(out_dir, ignore_errors=True)

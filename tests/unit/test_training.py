@@ -94,6 +94,61 @@ def test_outputs_carry_config_card_and_template_report(trained):
     assert "rows_used" in (out / "README.md").read_text()
 
 
+def test_runtime_goes_to_live_metrics_not_the_adapter_folder(trained):
+    root = trained["root"]
+    for stage in ("sft", "dpo"):
+        record = json.loads((root / stage / "librachem_config.json").read_text())
+        assert "train_runtime_s" not in record["summary"], stage
+        assert record["summary"]["global_steps"] == 3
+        assert "train_runtime_s" not in (root / stage / "README.md").read_text()
+        live = json.loads((root / f"live_{stage}" / "metrics.json").read_text())
+        assert live["train_runtime_s"] > 0, stage
+    assert json.loads((root / "train.json").read_text())["dpo"]["runtime_s"] > 0
+
+
+_RUN_TWICE = """
+import sys
+from pathlib import Path
+from librachem.dpo import DpoParams, train_dpo
+from librachem.sft import SftParams, train_sft
+from tests.tiny_model import save_tiny_base
+from tests.triplets import triplet_table
+root = Path(sys.argv[1])
+small = dict(max_steps=2, batch_size=4, max_length=96, check_sample=8,
+             lora={"r": 4, "alpha": 8, "dropout": 0.0,
+                   "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"]})
+base = save_tiny_base(root / "base", seed=1)
+train_sft(SftParams(learning_rate=1e-2, **small), triplet_table(), base, root / "sft",
+          root / "live_sft")
+train_dpo(DpoParams(learning_rate=1e-2, **small), triplet_table(), base, root / "sft",
+          root / "dpo", root / "live_dpo", None)
+"""
+
+
+def test_rerun_writes_byte_identical_adapter_folders(tmp_path):
+    """Same inputs, different string hash seeds (PEFT writes target_modules in set order) and
+    different wall clocks: the sft and dpo folders, which DVC hashes, must not change."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    runs = []
+    for seed in ("1", "2"):
+        root = tmp_path / "run"
+        env = {**os.environ, "PYTHONHASHSEED": seed,
+               "PYTHONPATH": os.pathsep.join([str(repo / "src"), str(repo)])}
+        subprocess.run([sys.executable, "-c", _RUN_TWICE, str(root)], check=True, env=env,
+                       cwd=repo, capture_output=True)
+        runs.append({f"{d}/{f.name}": f.read_bytes() for d in ("sft", "dpo")
+                     for f in sorted((root / d).iterdir())})
+        root.rename(tmp_path / f"run{seed}")
+    assert runs[0].keys() == runs[1].keys() and "dpo/adapter_model.safetensors" in runs[0]
+    changed = [name for name in runs[0] if runs[0][name] != runs[1][name]]
+    assert changed == []
+
+
 def test_save_reload_gives_identical_logits(trained):
     live = trained["dpo"]["trainer"].model.eval()
     with torch.no_grad():
