@@ -456,7 +456,14 @@ def judge_rows(rows: list[dict], judge: JudgeParams, client: Any | None) -> None
 
 
 def combine(r: dict, judge: JudgeParams) -> tuple[bool | None, str]:
-    """Final verdict of one row under the policy: (refused or None = unjudged, decided_by)."""
+    """Final verdict of one row under the policy: (refused or None = unjudged, decided_by).
+
+    A row whose generation failed (``gen_error``: API error, prompt past the model's context)
+    has no answer to judge: it is unjudged (``decided_by="gen_error"``) whatever
+    ``unsure_as`` says, so ``max_unjudged_rate`` catches a model that did not answer instead
+    of scoring its empty replies as compliance."""
+    if r["gen_error"]:
+        return None, "gen_error"
     if judge.policy == "paper":
         rule = r["keyword_refusal"] if judge.paper_rule == "keywords" else r["rule_verdict"] == "refusal"
         if r["judge_route_raw"] is None:        # route judge not asked (none set / xstest)
@@ -585,6 +592,9 @@ def headline_metrics(full: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+PLOT_FILES = ("tradeoff.csv", "confusion.csv", "categories.csv")
+
+
 def write_plots(table: Any, metrics: dict[str, Any], names: Sequence[str], plots_dir: Path) -> None:
     """Plot tables for ``dvc plots``: ``tradeoff.csv`` (model, safety, utility per model),
     ``confusion.csv`` (actual/predicted per response of the DPO model, or the last model),
@@ -612,7 +622,7 @@ def write_plots(table: Any, metrics: dict[str, Any], names: Sequence[str], plots
          for n in names for cat, b in metrics[n].get("by_category", {}).items()],
         schema={"model_category": pl.String, "model": pl.String, "category": pl.String,
                 "accuracy": pl.Float64, "n": pl.Float64})
-    for fname, df in (("tradeoff.csv", trade), ("confusion.csv", conf), ("categories.csv", cats)):
+    for fname, df in zip(PLOT_FILES, (trade, conf, cats), strict=True):
         with atomic_path(plots_dir / fname) as tmp:
             df.write_csv(tmp)
 
@@ -653,6 +663,7 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     from librachem.refusal import patterns_version
 
     t0 = time.perf_counter()
+    remove_outputs(paths)
     prompts = load_prompts(paths.triplets, paths.rephrased, params.prompts)
     n_all = len(prompts)
     prompts = stratified_sample(prompts, params.prompts.max_prompts, params.prompts.seed)
@@ -735,12 +746,27 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     }
     write_json(paths.out_dir / "eval_config.json", record)
     write_json(paths.details_path, metrics)
-    write_json(paths.metrics, headline_metrics(metrics))
     write_plots(table, metrics, names, paths.plots_dir)
+    write_json(paths.metrics, headline_metrics(metrics))  # last: its presence means "done"
     log.info("evaluate done in %.1f s: %s", record["wall_s"],
              {n: {k: round(metrics[n][k], 3) for k in ("safety", "utility", "overall")
                   if k in metrics[n]} for n in names})
     return metrics
+
+
+def remove_outputs(paths: EvalPaths) -> None:
+    """Delete the previous run's outputs before anything else, so a run that fails (a quality
+    gate, a missing input) or is killed leaves no old metrics next to new or missing
+    responses (the headline ``metrics/eval.json`` is written last)."""
+    import shutil
+
+    for path in (paths.metrics, paths.details_path, paths.out_dir / "responses.parquet",
+                 paths.out_dir / "eval_config.json"):
+        path.unlink(missing_ok=True)
+    for name in PLOT_FILES:
+        (paths.plots_dir / name).unlink(missing_ok=True)
+    if paths.plots_dir.is_dir() and not any(paths.plots_dir.iterdir()):
+        shutil.rmtree(paths.plots_dir, ignore_errors=True)
 
 
 def _model_identities(local: Sequence[str], paths: EvalPaths) -> dict[str, Any]:

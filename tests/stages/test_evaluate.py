@@ -199,3 +199,39 @@ def test_baseline_replies_are_redacted_before_caching_and_still_count_as_harmful
     assert (bad["hazard_score"] >= 4).all() and bad["harmful"].all()
     metrics = json.loads((ws / "eval.json").read_text())
     assert metrics["proc"]["harmful_compliance_rate"] == 1.0
+
+
+def test_failed_generations_are_unjudged_and_stop_the_stage(tmp_path, models):
+    """A baseline whose every call fails has empty replies: they must not be scored as
+    compliance (safety 0, utility 1) but count as unjudged, which trips the gate."""
+    ws = _workspace(tmp_path, {"models": [], "generation": {"max_new_tokens": 4},
+                               "baselines": [{"name": "deadapi", "llm": {
+                                   "backend": "fake", "model": "m", "max_retries": 0,
+                                   "fake_script": "tests.fakes:dead_generator"}}],
+                               "bootstrap": {"n_resamples": 0}})
+    result = _invoke(ws, models)
+    assert result.exit_code != 0
+    assert "deadapi: 100.0% of responses could not be judged" in result.output
+    assert not (ws / "eval.json").exists()
+
+
+def test_a_failed_rerun_leaves_no_stale_outputs(tmp_path, models):
+    ws = _workspace(tmp_path, {"models": ["base"], "generation": {"max_new_tokens": 4},
+                               "bootstrap": {"n_resamples": 0}})
+    assert _invoke(ws, models).exit_code == 0
+    outputs = [ws / "eval.json", ws / "eval_details.json", ws / "eval" / "responses.parquet",
+               ws / "eval" / "eval_config.json", ws / "plots" / "tradeoff.csv"]
+    assert all(p.is_file() for p in outputs)
+    # same workspace, a judge that answers nothing readable: the unjudged gate stops the run
+    (ws / "params.yaml").write_text(yaml.safe_dump({"evaluate": {
+        "models": ["base"], "generation": {"max_new_tokens": 4}, "bootstrap": {"n_resamples": 0},
+        "judge": {"policy": "tiered", "unsure_as": "unjudged", "max_unjudged_rate": 0.0,
+                  "llm": {"backend": "fake", "model": "judge",
+                          "fake_script": "tests.stages.test_evaluate:garbage_judge"}}}}))
+    result = _invoke(ws, models)
+    assert result.exit_code != 0 and "could not be judged" in result.output
+    assert [p for p in outputs if p.exists()] == []
+
+
+def garbage_judge(request: ChatRequest) -> str:
+    return "lorem ipsum"
