@@ -64,9 +64,12 @@ _Loader.add_implicit_resolver(
 
 
 class Section(BaseModel):
-    """Base of every params section: unknown keys are errors; instances are immutable."""
+    """Base of every params section: unknown keys are errors; instances are immutable; a float
+    param must be finite (``.inf`` / ``.nan`` are errors, e.g. ``lora.alpha: .inf`` trained an
+    all-NaN adapter)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
+                              allow_inf_nan=False)
 
 
 S = TypeVar("S", bound=BaseModel)

@@ -68,7 +68,7 @@ class TrainParams(Section):
     precision: Literal["fp32", "bf16"] = "fp32"
     qlora: bool = False
     activation_checkpointing: bool = False
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # transformers.set_seed seeds numpy (32-bit)
     max_rows: int = Field(0, ge=0)
     check_sample: int = Field(64, gt=0)
     max_drop_rate: float = Field(0.05, ge=0, le=1)
@@ -211,6 +211,9 @@ def trl_common_args(params: TrainParams, out_dir: Path, device: dict[str, Any]) 
         seed=params.seed,
         data_seed=params.seed,
         logging_steps=params.logging_steps,
+        # transformers logs a NaN/inf loss as the previous value by default, which hid a
+        # diverged run from check_finite (the adapter was saved all-NaN)
+        logging_nan_inf_filter=False,
         save_strategy="no",
         report_to="none",
         dataloader_pin_memory=False,
@@ -351,14 +354,17 @@ def summarize(history: list[dict[str, float]], keys: tuple[str, ...]) -> dict[st
 
 
 def check_finite(history: list[dict[str, float]]) -> None:
-    """Raise TrainingError when a logged loss is NaN or infinite."""
+    """Raise TrainingError when a logged loss or gradient norm is NaN or infinite (the
+    trainer logs them unfiltered: ``logging_nan_inf_filter=False``)."""
     import math
 
     for row in history:
-        loss = row.get("loss")
-        if loss is not None and not math.isfinite(loss):
-            raise TrainingError(f"training loss became {loss} at step {row.get('step')}; "
-                                "lower the learning rate or use precision: fp32")
+        for key in ("loss", "grad_norm"):
+            value = row.get(key)
+            if value is not None and not math.isfinite(value):
+                raise TrainingError(f"training {key} became {value} at step {row.get('step')}; "
+                                    "nothing was saved. Lower the learning rate, check the "
+                                    "LoRA params or use precision: fp32")
 
 
 def write_disabled_curves(live_dir: Path) -> None:

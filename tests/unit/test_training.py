@@ -106,6 +106,28 @@ def test_runtime_goes_to_live_metrics_not_the_adapter_folder(trained):
     assert json.loads((root / "train.json").read_text())["dpo"]["runtime_s"] > 0
 
 
+def test_diverged_training_is_an_error_not_a_nan_adapter(tmp_path):
+    """transformers logs a NaN loss as the last finite value by default; the stage logs it
+    unfiltered and checks loss and grad_norm, so a diverged run saves no adapter."""
+    base = save_tiny_base(tmp_path / "base", seed=1)
+    huge = dict(SMALL, lora={"r": 4, "alpha": 1e30, "dropout": 0.0,
+                             "target_modules": ["q_proj", "v_proj"]})
+    with pytest.raises(TrainingError, match="grad_norm became inf|loss became nan"):
+        train_sft(SftParams(learning_rate=1e-2, **huge), triplet_table(), base,
+                  tmp_path / "sft", tmp_path / "live")
+    assert not (tmp_path / "sft" / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("override", [{"lora": {"alpha": float("inf")}},
+                                      {"weight_decay": float("inf")},
+                                      {"learning_rate": float("nan")}, {"seed": 2**32}])
+def test_non_finite_params_and_oversized_seed_are_rejected(override):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        SftParams(**override)
+
+
 _RUN_TWICE = """
 import sys
 from pathlib import Path
