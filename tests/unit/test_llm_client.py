@@ -22,6 +22,21 @@ def shout(request: ChatRequest) -> str:
     return request.messages[-1]["content"].upper()
 
 
+def cut_emoji(request: ChatRequest) -> str:
+    """fake_script whose reply holds a lone UTF-16 surrogate (half an emoji) and a whole one."""
+    return "ok \ud800 text \U0001f9ea"
+
+
+def test_lone_surrogate_reply_is_replaced_cached_and_replayed(tmp_path):
+    p = LLMParams(backend="fake", model="m", fake_script="tests.unit.test_llm_client:cut_emoji")
+    req = p.request([{"role": "user", "content": "hi"}])
+    first = make_client(p, cache_dir=tmp_path).complete([req])[0]
+    assert first.ok and first.text == "ok \ufffd text \U0001f9ea" and not first.cached
+    assert len(CallCache(tmp_path)) == 1
+    replay = make_client(p, cache_dir=tmp_path, replay_only=True).complete([req])[0]
+    assert replay.cached and replay.text == first.text
+
+
 def test_fake_echo_default_and_script_path(tmp_path):
     p = LLMParams(backend="fake", model="m")
     client = make_client(p, cache_dir=tmp_path)

@@ -190,3 +190,15 @@ def test_parse_response_reads_usage_model_and_finish_reason():
     odd = parse_response({"choices": [{"message": {"content": "x"}, "finish_reason": None}],
                           "usage": {"prompt_tokens": "n/a"}}, req)
     assert (odd.finish_reason, odd.prompt_tokens, odd.model_id) == ("stop", 0, "asked")
+
+
+def test_parse_response_replaces_lone_surrogates_keeps_valid_emoji():
+    import json
+
+    req = LLMParams(backend="openai", model="m").request([{"role": "user", "content": "hi"}])
+    # a reply cut mid-emoji: the server sends half a surrogate pair as a JSON escape
+    body = json.loads('{"choices": [{"message": {"content": "ok \\ud83e and \\ud83e\\uddea"},'
+                      ' "finish_reason": "length"}], "model": "m\\udc00"}')
+    c = parse_response(body, req)
+    assert c.text == "ok \ufffd and \U0001f9ea" and c.model_id == "m\ufffd"
+    c.text.encode("utf-8")  # the cache can write it

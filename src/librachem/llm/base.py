@@ -7,9 +7,15 @@ and ``text`` ``None``: it is recorded, never dropped.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+#: A UTF-16 surrogate code point: never valid on its own in a Python ``str`` (json.loads keeps a
+#: lone ``"\ud800"`` escape as one, e.g. a reply cut mid-emoji; a valid pair is already one
+#: non-BMP code point), and it cannot be encoded to UTF-8.
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": str}
 
@@ -64,6 +70,11 @@ class Completion:
         parsed: the parsed JSON object when a schema was requested and the reply validated.
         hazard_score: hazard-scan score of the raw reply when the request asked for a scan
             (``redact_threshold``); ``text`` is then already redacted when it reached it.
+
+    Every completion, whichever backend made it (or the cache replayed it), has lone UTF-16
+    surrogates in ``text``, ``error`` and ``model_id`` replaced by U+FFFD at construction:
+    such a string cannot be encoded to UTF-8, so it could be neither cached nor written.
+    Valid non-BMP characters are untouched.
     """
 
     text: str | None
@@ -77,6 +88,13 @@ class Completion:
     error: str | None = None
     parsed: Any = field(default=None, compare=False)
     hazard_score: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("text", "error", "model_id"):
+            value = getattr(self, name)
+            # isascii() is O(1) on CPython: the common path costs no scan
+            if isinstance(value, str) and not value.isascii() and _SURROGATE.search(value):
+                object.__setattr__(self, name, _SURROGATE.sub("\ufffd", value))
 
     @property
     def ok(self) -> bool:
