@@ -81,6 +81,47 @@ def test_unreadable_entry_is_a_miss(tmp_path):
     assert cache.get(key()) is None
 
 
+def _set(field, value):
+    def corrupt(entry):
+        entry["completion"][field] = value
+        return entry
+    return corrupt
+
+
+@pytest.mark.parametrize("corrupt", [
+    _set("text", 5),
+    _set("text", None),  # with finish_reason "stop"
+    lambda e: {**e, "completion": {**e["completion"], "text": None, "finish_reason": "error",
+                                   "error": "gave up after 3 attempts: timeout"}},
+    _set("finish_reason", ["stop"]),
+    _set("prompt_tokens", "x"),
+    _set("prompt_tokens", True),
+    _set("latency_s", None),
+    _set("model_id", 3),
+    _set("hazard_score", "7"),
+    lambda e: {**e, "completion": list(e["completion"].values())},
+    lambda e: [e],  # the whole file a JSON list
+    lambda e: {**e, "key": "0" * 64},
+], ids=["text-int", "text-null-stop", "finish-error", "finish-list", "tokens-str",
+        "tokens-bool", "latency-null", "model-id-int", "hazard-str", "completion-list",
+        "file-list", "other-key"])
+def test_wrong_shape_entry_is_a_miss_and_replaced(tmp_path, corrupt, caplog):
+    params = LLMParams(backend="fake", model="m")
+    req = params.request([{"role": "user", "content": "hi"}])
+    client = make_client(params, cache_dir=tmp_path)
+    assert client.complete([req])[0].text == "echo: hi"
+    k, cache = client.key(req), CallCache(tmp_path)
+    assert cache.get(k) is not None  # a valid entry is a hit
+    cache.path(k).write_text(json.dumps(corrupt(json.loads(cache.path(k).read_text()))))
+    assert cache.get(k) is None
+    assert "ignoring unreadable cache entry" in caplog.text
+    again = make_client(params, cache_dir=tmp_path)
+    got = again.complete([req])[0]
+    assert (got.text, got.cached, again.stats()["cache_misses"]) == ("echo: hi", False, 1)
+    hit = cache.get(k)  # the fresh put replaced the corrupt entry
+    assert hit is not None and hit.cached and hit.text == "echo: hi" and hit.finish_reason == "stop"
+
+
 WRITER = r"""
 import sys
 from librachem.llm.base import Completion

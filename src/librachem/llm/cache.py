@@ -126,11 +126,50 @@ def is_cacheable(completion: Completion) -> bool:
     return completion.finish_reason in CACHEABLE_FINISH and completion.text is not None
 
 
+#: Optional completion fields and the types a stored value may have (bool is rejected
+#: separately: it is an int subclass but never a count or a duration).
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "prompt_tokens": (int, float), "completion_tokens": (int, float),
+    "latency_s": (int, float), "model_id": (str,), "cache_key": (str,), "cached": (bool,),
+    "error": (str, type(None)), "hazard_score": (int, type(None)),
+}
+
+
+def _entry_problem(entry: Any, key: str) -> str | None:
+    """Why a decoded cache file is not a valid entry for ``key``, or ``None`` when it is.
+
+    Checks what :meth:`CallCache.put` writes: ``key`` matches, ``completion`` is an object
+    whose ``text`` is a string, whose ``finish_reason`` is cacheable
+    (:data:`CACHEABLE_FINISH`, as :func:`is_cacheable`) and whose other fields have their
+    types (``parsed`` is any JSON). Unknown fields fail later, in ``Completion(**...)``.
+    """
+    if not isinstance(entry, dict):
+        return f"entry is a JSON {type(entry).__name__}, not an object"
+    if entry.get("key") != key:
+        return f"stored key {entry.get('key')!r} is not the file's key"
+    c = entry.get("completion")
+    if not isinstance(c, dict):
+        return f"completion is a JSON {type(c).__name__}, not an object"
+    if not isinstance(c.get("text"), str):
+        return f"text is {type(c.get('text')).__name__}, not a string"
+    finish = c.get("finish_reason")
+    if not (isinstance(finish, str) and finish in CACHEABLE_FINISH):
+        return f"finish_reason {finish!r} is not cacheable"
+    for name, types in _FIELD_TYPES.items():
+        if name in c:
+            value = c[name]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                return f"{name} is {type(value).__name__}"
+    return None
+
+
 class CallCache:
     """One-file-per-entry cache rooted at ``root`` (created on first write).
 
     Raises nothing on a corrupt entry (impossible through this class, possible by hand):
-    it is logged and treated as a miss, and the next ``put`` replaces it.
+    it is logged and treated as a miss, and the next ``put`` replaces it. Corrupt means
+    not JSON, or not the shape ``put`` writes (see :func:`_entry_problem`): wrong types, a
+    finish reason that is not cacheable (e.g. ``error``), text ``None``, another key.
     """
 
     def __init__(self, root: Path | str) -> None:
@@ -147,13 +186,17 @@ class CallCache:
         except FileNotFoundError:
             return None
         try:
-            data = json.loads(raw)["completion"]
-            data["cached"] = True
-            data["cache_key"] = key
-            return Completion(**data)
-        except (ValueError, KeyError, TypeError) as exc:
-            log.warning("ignoring unreadable cache entry %s (%s)", path, exc)
-            return None
+            entry = json.loads(raw)
+            problem = _entry_problem(entry, key)
+            if problem is None:
+                data = entry["completion"]
+                data["cached"] = True
+                data["cache_key"] = key
+                return Completion(**data)
+        except (ValueError, KeyError, TypeError) as exc:  # bad JSON, unknown field
+            problem = f"{type(exc).__name__}: {exc}"
+        log.warning("ignoring unreadable cache entry %s (%s); it will be replaced", path, problem)
+        return None
 
     def put(self, key: str, rendered: dict[str, Any], completion: Completion) -> None:
         """Store ``completion`` under ``key`` atomically, with the rendered request."""
