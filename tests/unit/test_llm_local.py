@@ -89,3 +89,16 @@ def test_alias_without_model_folder_is_a_config_error(tmp_path):
     p = LLMParams(backend="local")
     with pytest.raises(ConfigError, match="dvc repro base_model"):
         make_client(p, cache_dir=None, local_model_dir=tmp_path / "missing")
+
+
+@pytest.mark.parametrize("content", ['["a list"]', "not json", '{"no_revision": 1}', None])
+def test_folder_revision_errors_are_config_errors(tmp_path, content):
+    from librachem.errors import ConfigError
+    from librachem.llm.models import PROVENANCE_FILE, folder_revision
+
+    folder = tmp_path / "model"
+    if content is not None:
+        folder.mkdir()
+        (folder / PROVENANCE_FILE).write_text(content)
+    with pytest.raises(ConfigError, match="unreadable|no such model folder"):
+        folder_revision(folder)

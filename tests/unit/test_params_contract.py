@@ -121,3 +121,17 @@ def test_cli_profile_and_check_params(tmp_path):
     assert res.exit_code != 0 and "dpo.beta" in res.output
     res = runner.invoke(main, ["profile", "nope", "--params", str(PARAMS), "--out", str(out)])
     assert res.exit_code != 0 and "unknown profile" in res.output
+
+
+@pytest.mark.parametrize("literal", ["010", "-010", "09", "007", "0o10", "0x1F", "-0x1f", "0b11",
+                                     "1_000", "0", "+7", "12", "1e3", "5e-6", "0.5", "1:2"])
+def test_scalars_load_as_dvc_reads_them(literal):
+    """DVC reads params.yaml with ruamel.yaml (YAML 1.2); our loader must see the same value,
+    or `dvc params diff` shows one number and the stage uses another (YAML 1.1: 010 = 8)."""
+    from ruamel.yaml import YAML
+
+    from librachem.config import parse_yaml
+
+    ours = parse_yaml(f"a: {literal}")["a"]
+    dvc = YAML(typ="safe", pure=True).load(f"a: {literal}")["a"]
+    assert ours == dvc and type(ours) is type(dvc)

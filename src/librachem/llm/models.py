@@ -34,13 +34,21 @@ class ResolvedModel:
 
 
 def folder_revision(folder: Path) -> str:
-    """Revision of a local model folder (provenance file, else a hash of its files)."""
+    """Revision of a local model folder (provenance file, else a hash of its files).
+
+    Raises:
+        ConfigError: the folder is missing, holds no model files, or its provenance file is
+            unreadable.
+    """
+    if not folder.is_dir():
+        raise ConfigError(f"{folder}: no such model folder")
     prov = folder / PROVENANCE_FILE
     if prov.is_file():
         try:
             rev = json.loads(prov.read_text(encoding="utf-8"))["revision"]
-        except (ValueError, KeyError) as exc:
-            raise ConfigError(f"{prov} is unreadable ({exc}); rerun `dvc repro base_model`") from exc
+        except (ValueError, KeyError, TypeError) as exc:  # bad JSON, no key, not an object
+            raise ConfigError(f"{prov} is unreadable ({type(exc).__name__}: {exc}); rerun "
+                              "`dvc repro base_model`") from exc
         return str(rev)
     digest = hashlib.sha256()
     files = sorted(p for p in folder.iterdir()
