@@ -124,7 +124,8 @@ def test_cli_profile_and_check_params(tmp_path):
 
 
 @pytest.mark.parametrize("literal", ["010", "-010", "09", "007", "0o10", "0x1F", "-0x1f", "0b11",
-                                     "1_000", "0", "+7", "12", "1e3", "5e-6", "0.5", "1:2"])
+                                     "1_000", "0", "+7", "12", "1e3", "5e-6", "0.5", "1:2",
+                                     "true", "False", "yes", "no", "on", "off", "~", "null"])
 def test_scalars_load_as_dvc_reads_them(literal):
     """DVC reads params.yaml with ruamel.yaml (YAML 1.2); our loader must see the same value,
     or `dvc params diff` shows one number and the stage uses another (YAML 1.1: 010 = 8)."""
