@@ -48,17 +48,22 @@ def has_adapter(adapter_dir: Path | str | None) -> bool:
 
 def sft_has_adapter(sft_dir: Path | str | None) -> bool:
     """Whether the ``sft`` stage's folder holds an adapter: True for an adapter, False for
-    no folder (``None`` or a path that does not exist) or a stage that ran with
-    ``enabled: false`` (its effective config says so).
+    ``None`` (no SFT asked for) or a stage that ran with ``enabled: false`` (its effective
+    config says so).
 
     Raises:
-        TrainingError: the folder holds neither (a killed or failed run left it incomplete).
+        TrainingError: the folder is missing or holds neither (a killed or failed sft run:
+            the stage removes its old folder first). A missing folder is not read as "SFT
+            disabled": the stage always writes one, so DPO would silently start from the
+            base model.
     """
     if sft_dir is None or has_adapter(sft_dir):
         return sft_dir is not None
     if not Path(sft_dir).exists():
-        log.warning("SFT folder %s does not exist: starting from the base model", sft_dir)
-        return False
+        raise TrainingError(f"SFT folder {sft_dir} does not exist: the sft stage did not "
+                            "finish (killed or failed?). Run `dvc repro sft` or `dvc checkout "
+                            "models/sft`; to train DPO from the base model set "
+                            "`sft.enabled: false`.")
     from librachem.training import EFFECTIVE_CONFIG
 
     config = Path(sft_dir) / EFFECTIVE_CONFIG

@@ -1,13 +1,17 @@
 """Atomic file writes: write a temporary file in the same folder, fsync, then ``os.replace``.
 
 A crash or ``kill -9`` leaves either the old file or the complete new one, never a torn one.
-Temporary files start with ``.tmp-`` so readers and globbing skip them.
+Temporary files start with ``.tmp-`` (a folder swapped out by :func:`replace_dir`: ``.old-``)
+so readers and globbing skip them; ``.gitignore`` and ``.dvcignore`` list both patterns, so
+a killed run's leftovers are never committed to git or hashed into a DVC output, and
+:func:`remove_leftovers` deletes them when the stage runs again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,3 +51,44 @@ def write_bytes(target: Path | str, data: bytes) -> None:
 def write_json(target: Path | str, obj: Any) -> None:
     """Atomically write ``obj`` as pretty, key-sorted JSON (stable diffs for DVC metrics)."""
     write_bytes(target, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def replace_dir(new: Path | str, target: Path | str) -> None:
+    """Move the finished folder ``new`` onto ``target`` (same parent folder).
+
+    The old ``target`` is first renamed aside to ``.old-<name>.<pid>`` (one rename), then
+    ``new`` is renamed in, then the old copy is deleted: a kill at any point leaves the old
+    folder whole, the new one whole, or (between the two renames) no ``target`` at all,
+    which readers refuse; never a folder that is half old, half deleted.
+    """
+    new, target = Path(new), Path(target)
+    old = None
+    if target.exists():
+        old = target.parent / f".old-{target.name}.{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_leftovers(*targets: Path | str) -> int:
+    """Delete what killed runs left next to each target: ``.tmp-<name>*`` files or folders
+    (:func:`atomic_path`, temporary output folders) and ``.old-<name>.*`` folders
+    (:func:`replace_dir`), and, for a target that is a folder, ``.tmp-*`` entries inside
+    it. Call it at the start of a stage, before it writes. Returns how many were removed."""
+    removed = 0
+    for target in map(Path, targets):
+        found = []
+        if target.parent.is_dir():
+            found += [*target.parent.glob(f".tmp-{target.name}*"),
+                      *target.parent.glob(f".old-{target.name}.*")]
+        if target.is_dir():
+            found += list(target.glob(".tmp-*"))
+        for path in found:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed += 1
+    return removed

@@ -25,7 +25,7 @@ from typing import Any
 
 from pydantic import Field
 
-from librachem.atomic import write_json
+from librachem.atomic import remove_leftovers, replace_dir, write_json
 from librachem.config import Section
 from librachem.errors import ConfigError, DataError
 from librachem.hashing import sha256_file
@@ -162,8 +162,9 @@ def _save_folder(model: Any, tokenizer: Any, out_dir: Path, provenance: dict[str
                  params: BaseModelParams, *, check_reload: bool) -> dict[str, Any]:
     """Save model + tokenizer as fp32 safetensors into ``out_dir`` (replaced whole).
 
-    Written to a temporary sibling first and renamed into place, so a killed run never leaves
-    a half-written folder. Without a ``revision`` in ``provenance`` the revision is the
+    Written to a temporary sibling first and swapped in with
+    :func:`librachem.atomic.replace_dir`, so a killed run never leaves a half-written or
+    half-deleted folder. Without a ``revision`` in ``provenance`` the revision is the
     SHA-256 of the saved weights. Returns the full provenance written to
     ``librachem_model.json``.
     """
@@ -171,6 +172,7 @@ def _save_folder(model: Any, tokenizer: Any, out_dir: Path, provenance: dict[str
     import transformers
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out_dir)  # a killed run's .tmp-base.* copy (a whole model) or .old-base.*
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
@@ -195,9 +197,7 @@ def _save_folder(model: Any, tokenizer: Any, out_dir: Path, provenance: dict[str
         tmp.chmod(0o755)
         for f in tmp.iterdir():
             f.chmod(0o644)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+        replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from librachem.adapters import adapter_digest, load_sft_merged, sft_has_adapter
-from librachem.atomic import write_json
+from librachem.atomic import remove_leftovers, write_json
 from librachem.chat_format import apply_format, assistant_turn, drop_unfit_rows, user_turn
 from librachem.errors import TrainingError
 from librachem.training import (TrainParams, base_identity, fit, gate_drops, is_main_process,
@@ -93,7 +93,10 @@ def train_dpo(params: DpoParams, table: Any, base_dir: Path, sft_dir: Path | Non
     out_dir, live_dir = Path(out_dir), Path(live_dir)
     is_main = is_main_process()
     if is_main:  # a failed or killed run must not leave the old adapter looking current
-        shutil.rmtree(out_dir, ignore_errors=True)
+        shutil.rmtree(out_dir, ignore_errors=True)  # (nor the old metrics next to no adapter)
+        remove_leftovers(out_dir)
+        if summary_path is not None:
+            Path(summary_path).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     sft_record = read_effective_config(sft_dir) if sft_has_adapter(sft_dir) else None
     if sft_record is not None and sft_record["params"]["format"] != params.format:

@@ -755,16 +755,21 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
 
 
 def remove_outputs(paths: EvalPaths) -> None:
-    """Delete the previous run's outputs before anything else, so a run that fails (a quality
-    gate, a missing input) or is killed leaves no old metrics next to new or missing
-    responses (the headline ``metrics/eval.json`` is written last)."""
+    """Delete the previous run's outputs (and killed runs' ``.tmp-*`` leftovers) before
+    anything else, so a run that fails (a quality gate, a missing input) or is killed leaves
+    no old metrics next to new or missing responses (the headline ``metrics/eval.json`` is
+    written last)."""
     import shutil
+
+    from librachem.atomic import remove_leftovers
 
     for path in (paths.metrics, paths.details_path, paths.out_dir / "responses.parquet",
                  paths.out_dir / "eval_config.json"):
         path.unlink(missing_ok=True)
     for name in PLOT_FILES:
         (paths.plots_dir / name).unlink(missing_ok=True)
+    remove_leftovers(paths.metrics, paths.details_path, paths.out_dir, paths.plots_dir,
+                     *(paths.plots_dir / name for name in PLOT_FILES))
     if paths.plots_dir.is_dir() and not any(paths.plots_dir.iterdir()):
         shutil.rmtree(paths.plots_dir, ignore_errors=True)
 

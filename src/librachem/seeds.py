@@ -52,7 +52,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, field_validator
 
-from librachem.atomic import atomic_path, write_json
+from librachem.atomic import atomic_path, remove_leftovers, write_json
 from librachem.config import Section
 from librachem.errors import DataError, SchemaError
 
@@ -423,6 +423,8 @@ def run_seeds(params: SeedsParams, compounds_path: Path | str, out_path: Path | 
     Raises:
         DataError: invalid CSV or too few compounds for the ratio.
     """
+    Path(metrics_path).unlink(missing_ok=True)  # no old metrics next to a new table
+    remove_leftovers(out_path, metrics_path)
     compounds = load_compounds(compounds_path)
     table = build_balanced(compounds, params)
     csv_sha = hashlib.sha256(Path(compounds_path).read_bytes()).hexdigest()

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import Field
 
+from librachem.atomic import remove_leftovers
 from librachem.chat_format import apply_format, assistant_turn, drop_unfit_rows, user_turn
 from librachem.training import (TrainParams, base_identity, fit, gate_drops, is_main_process,
                                 read_train_rows, resolve_device, save_adapter,
@@ -55,6 +56,7 @@ def train_sft(params: SftParams, table: Any, base_dir: Path, out_dir: Path,
     is_main = is_main_process()
     if is_main:  # a failed or killed run must not leave the old adapter looking current
         shutil.rmtree(out_dir, ignore_errors=True)
+        remove_leftovers(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     record: dict[str, Any] = {"stage": "sft", "params": params.model_dump(mode="json"),
                               "inputs": {"base": base_identity(base_dir)}}

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from librachem.atomic import write_bytes, write_json
+from librachem.atomic import replace_dir, write_bytes, write_json
 from librachem.chat_format import Format
 from librachem.config import Section
 from librachem.hashing import sha256_file
@@ -529,5 +529,4 @@ def save_adapter(trainer: Any, tokenizer: Any, out_dir: Path, *, record: dict[st
     record = without_wall_clock(record)
     write_effective_config(tmp, record)
     write_model_card(tmp, title=title, record=record)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
+    replace_dir(tmp, out_dir)

@@ -68,8 +68,12 @@ def test_sft_then_dpo_stage(workspace):
 def test_dpo_stage_bad_params_fail_cleanly(workspace, dpo, message):
     from stages.dpo import main as dpo_main
 
+    from librachem.sft import SftParams, train_sft
+
     ws = workspace
     _params(ws / "params.yaml", dpo=dpo)
+    # DPO from the base model: the folder a disabled sft stage writes
+    train_sft(SftParams(enabled=False), None, ws / "base", ws / "nosft", ws / "m_nosft")
     result = _run(dpo_main, ws, "--sft", str(ws / "nosft"), "--out", str(ws / "dpo"),
                   "--live", str(ws / "m"), "--summary", str(ws / "t.json"))
     assert result.exit_code == 1

@@ -274,3 +274,13 @@ def test_incomplete_sft_folder_is_refused_not_taken_for_disabled(trained, tmp_pa
     with pytest.raises(TrainingError, match="folder is incomplete"):
         train_dpo(DpoParams(**SMALL), triplet_table(), root / "base", partial,
                   tmp_path / "dpo", tmp_path / "ld", None)
+
+
+def test_a_missing_sft_folder_is_an_error_not_sft_disabled(tmp_path):
+    """A kill during the sft stage can leave no models/sft (it removes the old folder first);
+    DPO and evaluate must refuse, not silently start from the base model."""
+    from librachem.adapters import sft_has_adapter
+
+    with pytest.raises(TrainingError, match="does not exist.*dvc repro sft"):
+        sft_has_adapter(tmp_path / "sft")
+    assert sft_has_adapter(None) is False

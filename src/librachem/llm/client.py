@@ -295,6 +295,8 @@ def make_client(params: LLMParams, *, cache_dir: Path | None, replay_only: bool 
         LLMError: (openai, on first miss) the API key variable is not set.
     """
     cache = CallCache(cache_dir) if cache_dir is not None else None
+    if cache is not None and not replay_only:
+        cache.clean_tmp()  # temporary files of writers killed over an hour ago
     backend = params.backend
     prices: PriceTable | None = None
     if backend == "fake":
