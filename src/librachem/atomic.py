@@ -73,15 +73,16 @@ def replace_dir(new: Path | str, target: Path | str) -> None:
 
 
 def remove_leftovers(*targets: Path | str) -> int:
-    """Delete what killed runs left next to each target: ``.tmp-<name>*`` files or folders
-    (:func:`atomic_path`, temporary output folders) and ``.old-<name>.*`` folders
-    (:func:`replace_dir`), and, for a target that is a folder, ``.tmp-*`` entries inside
+    """Delete what killed runs left next to each target: ``.tmp-<name>`` / ``.tmp-<name>.*``
+    files or folders (:func:`atomic_path`, temporary output folders) and ``.old-<name>.*``
+    folders (:func:`replace_dir`), and, for a target that is a folder, ``.tmp-*`` entries inside
     it. Call it at the start of a stage, before it writes. Returns how many were removed."""
     removed = 0
     for target in map(Path, targets):
         found = []
         if target.parent.is_dir():
-            found += [*target.parent.glob(f".tmp-{target.name}*"),
+            found += [*target.parent.glob(f".tmp-{target.name}"),
+                      *target.parent.glob(f".tmp-{target.name}.*"),
                       *target.parent.glob(f".old-{target.name}.*")]
         if target.is_dir():
             found += list(target.glob(".tmp-*"))

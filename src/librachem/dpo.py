@@ -93,9 +93,9 @@ def train_dpo(params: DpoParams, table: Any, base_dir: Path, sft_dir: Path | Non
     out_dir, live_dir = Path(out_dir), Path(live_dir)
     is_main = is_main_process()
     if is_main:  # a failed or killed run must not leave the old adapter looking current
-        shutil.rmtree(out_dir, ignore_errors=True)  # (nor the old metrics next to no adapter)
+        shutil.rmtree(out_dir, ignore_errors=True)
         remove_leftovers(out_dir)
-        if summary_path is not None:
+        if summary_path is not None:  # nor its metrics next to no adapter
             Path(summary_path).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     sft_record = read_effective_config(sft_dir) if sft_has_adapter(sft_dir) else None

@@ -768,8 +768,7 @@ def remove_outputs(paths: EvalPaths) -> None:
         path.unlink(missing_ok=True)
     for name in PLOT_FILES:
         (paths.plots_dir / name).unlink(missing_ok=True)
-    remove_leftovers(paths.metrics, paths.details_path, paths.out_dir, paths.plots_dir,
-                     *(paths.plots_dir / name for name in PLOT_FILES))
+    remove_leftovers(paths.metrics, paths.details_path, paths.out_dir, paths.plots_dir)
     if paths.plots_dir.is_dir() and not any(paths.plots_dir.iterdir()):
         shutil.rmtree(paths.plots_dir, ignore_errors=True)
 

@@ -511,7 +511,6 @@ def save_adapter(trainer: Any, tokenizer: Any, out_dir: Path, *, record: dict[st
     rank 0 writes). The trainer's pickled ``training_args.bin`` is removed (the JSON effective
     config replaces it). The folder is a function of the inputs: no wall-clock values, and
     ``adapter_config.json`` in a canonical order (:func:`canonicalize_adapter_config`)."""
-    import os
     import shutil
 
     out_dir = Path(out_dir)

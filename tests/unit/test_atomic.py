@@ -42,7 +42,7 @@ calls = []
 real = {hook}
 def killer(*a, **k):
     calls.append(a)
-    if len(calls) == {2 if kill_before == "rename-in" else 2}:
+    if len(calls) == 2:  # the second os.replace / the final shutil.rmtree
         os.kill(os.getpid(), signal.SIGKILL)
     return real(*a, **k)
 atomic.{hook.split('.')[0]}.{hook.split('.')[1]} = killer
@@ -66,7 +66,8 @@ def test_remove_leftovers_keeps_other_files(tmp_path):
     (tmp_path / ".tmp-eval.json.k2").write_text("torn")
     (tmp_path / "eval.json").write_text("{}")
     (tmp_path / ".tmp-other.json.k").write_text("someone else's")
+    (tmp_path / ".tmp-eval_details.json.k").write_text("another target's, same prefix")
     assert remove_leftovers(out, tmp_path / "eval.json") == 2
     assert sorted(p.name for p in out.iterdir()) == ["responses.parquet"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-other.json.k", "eval",
-                                                          "eval.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".tmp-eval_details.json.k", ".tmp-other.json.k", "eval", "eval.json"]
