@@ -202,3 +202,161 @@ def test_parse_response_replaces_lone_surrogates_keeps_valid_emoji():
     c = parse_response(body, req)
     assert c.text == "ok \ufffd and \U0001f9ea" and c.model_id == "m\ufffd"
     c.text.encode("utf-8")  # the cache can write it
+
+
+# --------------------------------------------------------------- eager body writes (3.11)
+def test_start_eagerly_runs_a_synchronous_coroutine_before_returning():
+    import asyncio
+
+    from librachem.llm.openai_backend import start_eagerly
+
+    log: list[str] = []
+
+    async def write() -> int:
+        log.append("written")
+        return 42
+
+    async def main() -> None:
+        rest = start_eagerly(write())
+        assert log == ["written"]  # done before the caller's next line, not in a later round
+        assert await asyncio.get_running_loop().create_task(rest) == 42
+
+    asyncio.run(main())
+
+
+def test_start_eagerly_hands_a_suspended_coroutine_to_its_task():
+    import asyncio
+
+    from librachem.llm.openai_backend import start_eagerly
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gate: asyncio.Future[str] = loop.create_future()
+        log: list[str] = []
+
+        async def body() -> str:
+            log.append("first step")
+            value = await gate  # suspends: the rest runs in the task
+            log.append(f"got {value}")
+            await asyncio.sleep(0)  # a bare yield is fine too
+            return value.upper()
+
+        task = loop.create_task(start_eagerly(body()))
+        assert log == ["first step"]
+        await asyncio.sleep(0)
+        assert not task.done()
+        gate.set_result("ok")
+        assert await task == "OK"
+        assert log == ["first step", "got ok"]
+
+        failing: asyncio.Future[str] = loop.create_future()
+
+        async def body2() -> str:
+            return await failing
+
+        task2 = loop.create_task(start_eagerly(body2()))
+        failing.set_exception(OSError("socket gone"))
+        with pytest.raises(OSError, match="socket gone"):
+            await task2
+
+    asyncio.run(main())
+
+
+def test_start_eagerly_cancellation_and_errors_reach_the_coroutine():
+    import asyncio
+
+    from librachem.llm.openai_backend import start_eagerly
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        gate: asyncio.Future[None] = loop.create_future()
+        log: list[str] = []
+
+        async def body() -> None:
+            try:
+                await gate
+            except asyncio.CancelledError:
+                log.append("cancelled inside")
+                raise
+            finally:
+                log.append("cleanup")
+
+        task = loop.create_task(start_eagerly(body()))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert log == ["cancelled inside", "cleanup"]
+        assert gate.cancelled()  # the task cancelled what the coroutine waited on
+
+        async def broken() -> None:
+            raise ValueError("first step failed")
+
+        rest = start_eagerly(broken())  # no exception here: it belongs to the task
+        with pytest.raises(ValueError, match="first step failed"):
+            await loop.create_task(rest)
+
+    asyncio.run(main())
+
+
+def test_request_body_leaves_in_the_sending_task(server, monkeypatch):
+    """On every Python the body is written by the task that sends the request (3.11 without
+    the eager request class: by aiohttp's writer task, a loop round later)."""
+    import asyncio
+    from asyncio import selector_events
+
+    import openai
+
+    from librachem.llm.openai_backend import aiohttp_http_client
+
+    writers: list[tuple[object, bytes]] = []
+    original = selector_events._SelectorSocketTransport.write
+
+    def write(self, data):  # noqa: ANN001 - asyncio's signature
+        writers.append((asyncio.current_task(), bytes(data)))
+        return original(self, data)
+
+    monkeypatch.setattr(selector_events._SelectorSocketTransport, "write", write)
+
+    async def main() -> object:
+        async with openai.AsyncOpenAI(api_key=KEY, base_url=server.base_url, max_retries=0,
+                                      http_client=aiohttp_http_client()) as client:
+            await client.chat.completions.create(  # opens the keep-alive connection
+                model="m", messages=[{"role": "user", "content": "warm-up"}])
+            writers.clear()
+            sender = asyncio.current_task()
+            reply = await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "body-marker-7f3a"}])
+            assert reply.choices[0].message.content == "echo: body-marker-7f3a"
+            return sender
+
+    sender = asyncio.run(main())
+    with_body = [task for task, data in writers if b"body-marker-7f3a" in data]
+    assert with_body == [sender]
+
+
+def test_aiohttp_http_client_keeps_the_default_clients_settings(monkeypatch):
+    """Same timeout, redirects and environment proxies as ``openai.DefaultAioHttpClient``."""
+    import asyncio
+
+    import openai
+
+    from librachem.llm.openai_backend import aiohttp_http_client
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
+    ours, default = aiohttp_http_client(), openai.DefaultAioHttpClient()
+    try:
+        assert isinstance(ours, openai.DefaultAioHttpClient)
+        assert ours.timeout == default.timeout
+        assert ours.follow_redirects == default.follow_redirects
+        def proxies(client):  # httpx2's mounts: URL pattern -> proxy transport
+            return sorted((pattern.pattern, str(transport.proxy.url))
+                          for pattern, transport in client._mounts.items())
+
+        assert proxies(ours) == proxies(default) == [("https://",
+                                                      "http://proxy.invalid:3128")]
+    finally:
+        async def close() -> None:
+            await ours.aclose()
+            await default.aclose()
+        asyncio.run(close())
