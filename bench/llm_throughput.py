@@ -122,9 +122,8 @@ def main() -> None:
           f"{t_cold:.2f} s) | warm {t_warm:.3f} s, {warm_server} server requests | medians of "
           f"{args.rounds} alternating rounds: raw {[round(t, 2) for t in raw_s]} s, "
           f"ours {[round(t, 2) for t in cold_s]} s")
-    # client CPU (all threads of this process: event loop + cache writer) per request: at
-    # 640 req/s one event loop spends ~half of each 100 ms cycle on the client library, and
-    # the queueing that causes is most of the gap to the ideal
+    # client CPU (all threads of this process: event loop + cache writer, user + system) per
+    # request; where the rest of the gap to the ideal goes is in README.md (Benchmarks)
     print(f"client CPU per request (median): raw AsyncOpenAI "
           f"{statistics.median(raw_cpu) / n * 1e3:.2f} ms, librachem "
           f"{statistics.median(cold_cpu) / n * 1e3:.2f} ms (call cache writes included)")
