@@ -360,3 +360,27 @@ def test_aiohttp_http_client_keeps_the_default_clients_settings(monkeypatch):
             await ours.aclose()
             await default.aclose()
         asyncio.run(close())
+
+
+def test_large_body_that_suspends_mid_write_still_arrives(server, monkeypatch):
+    """A body bigger than the socket buffers suspends the eager first step; the rest is
+    written by the task (``_Resumed``) and the server gets all of it."""
+    import sys
+
+    from librachem.llm import openai_backend
+
+    resumed: list[object] = []
+    original = openai_backend._resume
+
+    def spy(coro, pending):  # noqa: ANN001
+        resumed.append(pending)
+        return original(coro, pending)
+
+    monkeypatch.setattr(openai_backend, "_resume", spy)
+    p = params(server, timeout_s=30)
+    big = "x" * (8 << 20)  # 8 MiB: more than the loopback socket and transport buffers hold
+    [c] = make_client(p, cache_dir=None).complete(ask(p, f"big {big} end"))
+    assert c.ok, c.error
+    assert c.text == f"echo: big {big} end"
+    if sys.version_info < (3, 12):
+        assert resumed, "the 8 MiB body should have suspended its first write step"
