@@ -1,8 +1,9 @@
 """DVC stage ``evaluate``: answer the test prompts with every model, judge, score.
 
 Writes ``<out>/responses.parquet`` and ``<out>/eval_config.json``, ``--metrics`` (headline
-JSON), ``--details`` (full metrics JSON) and
-the plot tables under ``--plots``. All logic is in :mod:`librachem.evaluate`.
+JSON), ``--details`` (full metrics JSON), ``--runtime`` (timings and LLM-layer stats, which
+change run to run) and the plot tables under ``--plots``. All logic is in
+:mod:`librachem.evaluate`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ _DIR = click.Path(file_okay=False, path_type=Path)
               default=None,
               help="full metrics: intervals, breakdowns, judge statistics "
                    "[default: <metrics stem>_details.json beside --metrics]")
+@click.option("--runtime", "runtime_path", type=click.Path(dir_okay=False, path_type=Path),
+              default=None,
+              help="wall time, seconds and tokens/s per model, LLM call/cache stats "
+                   "[default: <metrics stem>_runtime.json beside --metrics]")
 @click.option("--plots", "plots_dir", type=_DIR, default=Path("metrics/eval_plots"),
               show_default=True)
 @click.option("--cache-dir", type=_DIR, default=Path(".llm-cache"), show_default=True,
@@ -45,13 +50,13 @@ _DIR = click.Path(file_okay=False, path_type=Path)
               help="fail on any LLM call-cache miss (or set LIBRACHEM_REPLAY_ONLY=1)")
 @stage_main
 def main(params_path: Path, triplets: Path, rephrased: Path, base: Path, sft: Path, dpo: Path,
-         out_dir: Path, metrics_path: Path, details_path: Path | None, plots_dir: Path, cache_dir: Path,
-         replay_only: bool) -> None:
+         out_dir: Path, metrics_path: Path, details_path: Path | None,
+         runtime_path: Path | None, plots_dir: Path, cache_dir: Path, replay_only: bool) -> None:
     """Evaluate base / SFT / DPO (and baselines) for safety and utility."""
     params = load_section(EvaluateParams, "evaluate", params_path)
     evaluate(params, EvalPaths(triplets=triplets, rephrased=rephrased, base=base, sft=sft,
                                dpo=dpo, out_dir=out_dir, metrics=metrics_path,
-                               details=details_path,
+                               details=details_path, runtime=runtime_path,
                                plots_dir=plots_dir, cache_dir=cache_dir,
                                replay_only=replay_only))
 

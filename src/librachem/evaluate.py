@@ -24,9 +24,12 @@ Flow (:func:`evaluate`):
    decides (default ``rule``: the embedded judge, SmolLM2-135M, is not reliable enough to
    overrule the rule tier; with a GPT-4o-class judge set ``llm``).
 6. Outputs: ``responses.parquet`` (every response and verdict, :data:`RESPONSE_SCHEMA`),
-   ``eval_config.json`` (effective config: params, versions, model identities, LLM stats),
-   ``metrics/eval_details.json`` (:mod:`librachem.metrics`), its headline numbers in
-   ``metrics/eval.json`` (the DVC metric) and the plot tables.
+   ``eval_config.json`` (effective config: params, versions, model identities, tokens and
+   errors per model; no timings or cache counters, so ``data/eval`` is byte-identical across
+   reruns of the same inputs), ``metrics/eval_details.json`` (:mod:`librachem.metrics`), its
+   headline numbers in ``metrics/eval.json`` (the DVC metric), the plot tables and
+   ``metrics/eval_runtime.json`` (what changes run to run: wall time, load/generation seconds
+   and tokens/s per model, LLM-layer stats with cache hits, latency and cost).
 """
 
 from __future__ import annotations
@@ -171,10 +174,15 @@ class EvalPaths:
     cache_dir: Path | None = None
     replay_only: bool = False
     details: Path | None = None  # metrics/eval_details.json; None: beside ``metrics``
+    runtime: Path | None = None  # metrics/eval_runtime.json; None: beside ``metrics``
 
     @property
     def details_path(self) -> Path:
         return self.details or self.metrics.with_name(self.metrics.stem + "_details.json")
+
+    @property
+    def runtime_path(self) -> Path:
+        return self.runtime or self.metrics.with_name(self.metrics.stem + "_runtime.json")
 
 
 # ------------------------------------------------------------------------------ schema
@@ -738,17 +746,23 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
         "skipped_models": skipped,
         "prompts": {"available": n_all, "evaluated": len(prompts),
                     "by_source": {s: sum(p["source"] == s for p in prompts) for s in SOURCES}},
-        "generation": gen_records,
-        "llm_stats": llm_stats,
+        "generation": {name: {k: rec[k] for k in ("completion_tokens", "errors")}
+                       for name, rec in gen_records.items()},
         "rows": table.height,
-        "wall_s": time.perf_counter() - t0,
         "versions": _versions(),
+    }
+    runtime = {
+        "wall_s": time.perf_counter() - t0,
+        "generation": {name: {k: rec[k] for k in ("load_s", "generate_s", "tokens_per_s")}
+                       for name, rec in gen_records.items()},
+        "llm": llm_stats,
     }
     write_json(paths.out_dir / "eval_config.json", record)
     write_json(paths.details_path, metrics)
     write_plots(table, metrics, names, paths.plots_dir)
+    write_json(paths.runtime_path, runtime)
     write_json(paths.metrics, headline_metrics(metrics))  # last: its presence means "done"
-    log.info("evaluate done in %.1f s: %s", record["wall_s"],
+    log.info("evaluate done in %.1f s: %s", runtime["wall_s"],
              {n: {k: round(metrics[n][k], 3) for k in ("safety", "utility", "overall")
                   if k in metrics[n]} for n in names})
     return metrics
@@ -763,12 +777,13 @@ def remove_outputs(paths: EvalPaths) -> None:
 
     from librachem.atomic import remove_leftovers
 
-    for path in (paths.metrics, paths.details_path, paths.out_dir / "responses.parquet",
-                 paths.out_dir / "eval_config.json"):
+    for path in (paths.metrics, paths.details_path, paths.runtime_path,
+                 paths.out_dir / "responses.parquet", paths.out_dir / "eval_config.json"):
         path.unlink(missing_ok=True)
     for name in PLOT_FILES:
         (paths.plots_dir / name).unlink(missing_ok=True)
-    remove_leftovers(paths.metrics, paths.details_path, paths.out_dir, paths.plots_dir)
+    remove_leftovers(paths.metrics, paths.details_path, paths.runtime_path, paths.out_dir,
+                     paths.plots_dir)
     if paths.plots_dir.is_dir() and not any(paths.plots_dir.iterdir()):
         shutil.rmtree(paths.plots_dir, ignore_errors=True)
 

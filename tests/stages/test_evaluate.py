@@ -111,8 +111,12 @@ def test_evaluate_stage_tiny_models_fake_judge(tmp_path, models):
     config = json.loads((ws / "eval" / "eval_config.json").read_text())
     assert config["skipped_models"] == {"sft": f"no adapter in {models / 'sft'} (sft disabled)"}
     assert config["judge_templates"] == {"refusal": "1", "route": "1", "quality": "1"}
-    assert config["llm_stats"]["judge"]["calls"] > 0
     assert config["models"]["dpo"]["dpo_adapter_sha256"]
+    assert set(config["generation"]["dpo"]) == {"completion_tokens", "errors"}
+    runtime = json.loads((ws / "eval_runtime.json").read_text())
+    assert runtime["llm"]["judge"]["calls"] > 0 and runtime["llm"]["judge"]["cache_hits"] == 0
+    assert runtime["wall_s"] > 0 and runtime["generation"]["dpo"]["generate_s"] > 0
+    first_output = {p.name: p.read_bytes() for p in (ws / "eval").iterdir()}
 
     trade = pl.read_csv(ws / "plots" / "tradeoff.csv")
     assert trade["model"].to_list() == ["base", "dpo"]
@@ -123,8 +127,10 @@ def test_evaluate_stage_tiny_models_fake_judge(tmp_path, models):
     # second run: the judge answers come from the call cache
     result = _invoke(ws, models)
     assert result.exit_code == 0, result.output
-    again = json.loads((ws / "eval" / "eval_config.json").read_text())
-    assert again["llm_stats"]["judge"]["cache_hits"] == again["llm_stats"]["judge"]["calls"]
+    again = json.loads((ws / "eval_runtime.json").read_text())
+    assert again["llm"]["judge"]["cache_hits"] == again["llm"]["judge"]["calls"] > 0
+    # the DVC output holds no timings or cache counters: byte-identical on a rerun
+    assert {p.name: p.read_bytes() for p in (ws / "eval").iterdir()} == first_output
     assert json.loads((ws / "eval_details.json").read_text()) == metrics
     assert json.loads((ws / "eval.json").read_text()) == headline
 
@@ -219,8 +225,9 @@ def test_a_failed_rerun_leaves_no_stale_outputs(tmp_path, models):
     ws = _workspace(tmp_path, {"models": ["base"], "generation": {"max_new_tokens": 4},
                                "bootstrap": {"n_resamples": 0}})
     assert _invoke(ws, models).exit_code == 0
-    outputs = [ws / "eval.json", ws / "eval_details.json", ws / "eval" / "responses.parquet",
-               ws / "eval" / "eval_config.json", ws / "plots" / "tradeoff.csv"]
+    outputs = [ws / "eval.json", ws / "eval_details.json", ws / "eval_runtime.json",
+               ws / "eval" / "responses.parquet", ws / "eval" / "eval_config.json",
+               ws / "plots" / "tradeoff.csv"]
     assert all(p.is_file() for p in outputs)
     # same workspace, a judge that answers nothing readable: the unjudged gate stops the run
     (ws / "params.yaml").write_text(yaml.safe_dump({"evaluate": {
