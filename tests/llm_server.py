@@ -11,6 +11,7 @@ first-user-message, so "fail the first N attempts, then succeed" is scriptable:
 
 * ``[429xN]`` / ``[429xN:ra=S]``: HTTP 429 (with ``Retry-After: S``) for the first N attempts
 * ``[500xN]``: HTTP 500 for the first N attempts
+* ``[408xN]``: HTTP 408 (request timeout) for the first N attempts
 * ``[slowxN:S]``: sleep S seconds before answering, for the first N attempts
 * ``[badjsonxN]``: a 200 whose body is not valid JSON, first N attempts
 * ``[emptyxN]``: a 200 with empty content, first N attempts
@@ -33,7 +34,7 @@ import re
 from collections import Counter
 from typing import Any
 
-_TAG = re.compile(r"\[(429|500|slow|badjson|empty)x(\d+)(?::([^\]]+))?\]")
+_TAG = re.compile(r"\[(429|500|408|slow|badjson|empty)x(\d+)(?::([^\]]+))?\]")
 
 
 class FaultServer:
@@ -96,6 +97,9 @@ class FaultServer:
                 return
             if kind == "500":
                 await _send(send, 500, _err("internal server error", "server_error"))
+                return
+            if kind == "408":
+                await _send(send, 408, _err("request timed out", "timeout"))
                 return
             if kind == "slow":
                 await asyncio.sleep(float(arg))

@@ -49,6 +49,7 @@ CASES = {
     "[429x1] rate limited, no header": ("stop", 2, None),
     "[500x2] flaky": ("stop", 3, None),
     "[500x9] broken": ("error", 3, "gave up after 3 attempts: HTTP 500"),
+    "[408x1] request timeout once": ("stop", 2, None),
     "[slowx1:2] slow once": ("stop", 2, None),
     "[slowx9:2] always slow": ("error", 3, "timeout"),
     "[badjsonx1] malformed once": ("stop", 2, None),
@@ -364,19 +365,19 @@ def test_aiohttp_http_client_keeps_the_default_clients_settings(monkeypatch):
 
 def test_large_body_that_suspends_mid_write_still_arrives(server, monkeypatch):
     """A body bigger than the socket buffers suspends the eager first step; the rest is
-    written by the task (``_Resumed``) and the server gets all of it."""
+    written by the task (``_Started``) and the server gets all of it."""
     import sys
 
     from librachem.llm import openai_backend
 
     resumed: list[object] = []
-    original = openai_backend._resume
 
-    def spy(coro, pending):  # noqa: ANN001
-        resumed.append(pending)
-        return original(coro, pending)
+    class Spy(openai_backend._Started):
+        def __init__(self, coro, pending):  # noqa: ANN001
+            resumed.append(pending)
+            super().__init__(coro, pending)
 
-    monkeypatch.setattr(openai_backend, "_resume", spy)
+    monkeypatch.setattr(openai_backend, "_Started", Spy)
     p = params(server, timeout_s=30)
     big = "x" * (8 << 20)  # 8 MiB: more than the loopback socket and transport buffers hold
     [c] = make_client(p, cache_dir=None).complete(ask(p, f"big {big} end"))
@@ -384,3 +385,122 @@ def test_large_body_that_suspends_mid_write_still_arrives(server, monkeypatch):
     assert c.text == f"echo: big {big} end"
     if sys.version_info < (3, 12):
         assert resumed, "the 8 MiB body should have suspended its first write step"
+
+
+def test_start_eagerly_a_task_cancelled_before_its_first_step_cancels_the_coroutine():
+    """aiohttp cancels the body writer in the step that created it when an answer was
+    already buffered; the suspended write must see the cancellation (and close the
+    connection) as with 3.12's eager tasks, not be dropped while its body is still going out."""
+    import asyncio
+
+    from librachem.llm.openai_backend import start_eagerly
+
+    async def main() -> tuple[list[str], bool]:
+        loop = asyncio.get_running_loop()
+        gate: asyncio.Future[None] = loop.create_future()
+        log: list[str] = []
+
+        async def body() -> None:
+            try:
+                log.append("first step")
+                await gate
+            except asyncio.CancelledError:
+                log.append("cancelled inside")
+                raise
+            finally:
+                log.append("cleanup")
+
+        task = loop.create_task(start_eagerly(body()))
+        task.cancel()  # before the task's first step
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return log, gate.cancelled()
+
+    assert asyncio.run(main()) == (["first step", "cancelled inside", "cleanup"], True)
+
+
+def test_start_eagerly_raises_an_interrupt_at_once():
+    from librachem.llm.openai_backend import start_eagerly
+
+    async def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        start_eagerly(interrupted())
+
+
+def _silent_server():
+    """A TCP server on 127.0.0.1 that accepts connections and never reads from them."""
+    import socket
+    import threading
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(srv.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    return srv, held
+
+
+def test_a_server_that_stops_reading_the_body_times_out(monkeypatch):
+    """aiohttp's read timer starts once the body is written: without the attempt deadline an
+    8 MiB body to a server that never reads hung forever."""
+    import threading
+    import time
+
+    srv, held = _silent_server()
+    p = LLMParams(backend="openai", model="m", api_key_env="LIBRACHEM_TEST_KEY",
+                  base_url=f"http://127.0.0.1:{srv.getsockname()[1]}/v1", timeout_s=0.5,
+                  max_retries=0, concurrency=2)
+    out: list = []
+    worker = threading.Thread(target=lambda: out.extend(
+        make_client(p, cache_dir=None).complete(ask(p, "x" * (8 << 20), "small"))), daemon=True)
+    start = time.monotonic()
+    worker.start()
+    worker.join(60)
+    try:
+        assert not worker.is_alive(), "complete() hung on a server that never reads"
+        assert time.monotonic() - start < 30
+        assert [c.finish_reason for c in out] == ["error", "error"]
+        assert "timeout" in out[0].error and "attempt deadline" in out[0].error
+        assert "timeout" in out[1].error  # the small body waits for its answer: read timeout
+    finally:
+        srv.close()
+        for sock in held:
+            sock.close()
+
+
+def test_connection_refused_is_reported_as_a_connection_error():
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    p = LLMParams(backend="openai", model="m", api_key_env="LIBRACHEM_TEST_KEY",
+                  base_url=f"http://127.0.0.1:{port}/v1", timeout_s=5, max_retries=1,
+                  backoff_initial_s=0.01, backoff_max_s=0.02)
+    [c] = make_client(p, cache_dir=None).complete(ask(p, "anyone there?"))
+    assert c.finish_reason == "error"
+    assert c.error.startswith("gave up after 2 attempts: connection error: ")
+    assert "timeout" not in c.error.lower()
+
+
+def test_a_request_that_cannot_be_encoded_is_a_clear_error_before_anything_is_sent():
+    from librachem.llm.base import ChatRequest
+
+    with pytest.raises(ValueError, match=r"messages\[1\]\.content holds a lone UTF-16 "
+                                         r"surrogate \(U\+D800 at character 15\)"):
+        ChatRequest(messages=[{"role": "system", "content": "ok"},
+                              {"role": "user", "content": "lone surrogate \ud800 here"}],
+                    model="m")
+    with pytest.raises(ValueError, match="model holds a lone UTF-16 surrogate"):
+        ChatRequest(messages=[{"role": "user", "content": "hi"}], model="m\udfff")
+    # a valid pair (one non-BMP code point) is fine
+    assert ChatRequest(messages=[{"role": "user", "content": "flask \U0001f9ea"}], model="m")

@@ -49,8 +49,24 @@ class ChatRequest:
     redact_threshold: int | None = None
 
     def __post_init__(self) -> None:
+        """Raises:
+            ValueError: a message or the model id holds a lone UTF-16 surrogate (it cannot
+                be encoded to UTF-8, so the request could be neither sent nor cached; a
+                prompt built from a model reply is already clean, see :class:`Completion`).
+        """
         # Accept lists for convenience; store an immutable tuple of plain dicts.
         object.__setattr__(self, "messages", tuple(dict(m) for m in self.messages))
+        texts = [("model", self.model)] + [
+            (f"messages[{i}].{key}", value) for i, m in enumerate(self.messages)
+            for key, value in m.items()]
+        for where, value in texts:
+            if isinstance(value, str) and not value.isascii():
+                bad = _SURROGATE.search(value)
+                if bad:
+                    raise ValueError(
+                        f"ChatRequest {where} holds a lone UTF-16 surrogate "
+                        f"(U+{ord(bad.group()):04X} at character {bad.start()}): it cannot be "
+                        "encoded to UTF-8, so it can be neither sent nor cached")
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@
   waiter at the back of the event loop's ready queue, which shortens the gap between
   answers and new sends when 64 answers arrive together (bench/llm_throughput.py: ~+1-2%).
 * The ``openai`` client's own retries are off (``max_retries=0``); tenacity retries
-  **429** (rate limit), **5xx**, timeouts, connection errors and malformed/empty 200
-  replies, ``max_retries`` times after the first attempt, waiting a full-jitter exponential
+  **429** (rate limit), **5xx**, **408** and other timeouts, connection errors and
+  malformed/empty 200 replies, ``max_retries`` times after the first attempt, waiting a full-jitter exponential
   backoff (``backoff_initial_s`` .. ``backoff_max_s``) or, when the server sends
   ``Retry-After`` / ``retry-after-ms``, that long (capped at ``retry_after_max_s``).
   After the bound the request is recorded as failed (``finish_reason="error"``, reason in
@@ -18,6 +18,12 @@
   would fail the same way, so the stage stops; completions already finished have been handed
   to ``on_result`` and cached). Other 4xx (400, 409, 413, 422, ...) concern one request: it is
   recorded as failed with the server's message.
+* Timeouts: ``timeout_s`` is the client's (connect, and read: the wait for the answer); each
+  attempt also has an overall deadline of ``2 * timeout_s``, because aiohttp starts its read
+  timer only once the body is written, so a server that stops reading a large body would
+  otherwise hold the request forever. Connection errors are reported as such (the vendored
+  aiohttp transport maps every aiohttp connection error to ``ConnectTimeout``; the cause is
+  read back from the exception chain).
 * ``finish_reason`` ``length`` is kept (text, ``ok``); ``content_filter`` is recorded with
   ``error="content_filter ..."`` (not ``ok``) and whatever text came back.
 * JSON schema: sent as ``response_format={"type": "json_schema", ...}`` (non-strict);
@@ -45,6 +51,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections.abc
 import email.utils
 import functools
 import json
@@ -118,13 +125,32 @@ def _server_message(exc: Any) -> str:
     return str(getattr(exc, "message", exc))
 
 
+def _connection_cause(exc: BaseException) -> str | None:
+    """The aiohttp connection error (not a timeout) behind a timeout exception, described,
+    or ``None``: openai's vendored aiohttp transport raises every aiohttp
+    ``ClientConnectionError`` (refused, reset, closed by the server) as httpx2's
+    ``ConnectTimeout``, which the client reports as ``APITimeoutError``."""
+    import aiohttp
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+                cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+            return f"{type(cause).__name__}: {cause}"
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
 def classify_error(exc: BaseException) -> BaseException:
     """Map an ``openai`` exception to :class:`RetryableError`, :class:`RequestFailed` or a
     fatal :class:`LLMError` (returned, not raised)."""
     import openai
 
     if isinstance(exc, openai.APITimeoutError):
-        return RetryableError("timeout")
+        cause = _connection_cause(exc)
+        return RetryableError(f"connection error: {cause}" if cause else "timeout")
     if isinstance(exc, openai.APIConnectionError):
         return RetryableError(f"connection error: {exc}")
     if isinstance(exc, openai.APIStatusError):
@@ -134,7 +160,7 @@ def classify_error(exc: BaseException) -> BaseException:
             if "insufficient_quota" in {getattr(exc, "code", None), getattr(exc, "type", None)}:
                 return LLMError(f"quota exhausted (HTTP 429 insufficient_quota): {msg}")
             return RetryableError(f"HTTP 429: {msg}", parse_retry_after(exc.response.headers))
-        if status >= 500:
+        if status >= 500 or status == 408:
             return RetryableError(f"HTTP {status}: {msg}", parse_retry_after(exc.response.headers))
         if status in FATAL_STATUS:
             return LLMError(f"HTTP {status} from the LLM server: {msg}")
@@ -152,32 +178,64 @@ async def _raise(exc: BaseException) -> Any:
     raise exc
 
 
-class _Resumed:
-    """The rest of a coroutine whose first step already ran and suspended on ``pending``
-    (what it yielded to its task); awaiting this hands ``pending`` to the task and then
-    delegates to the coroutine, so wake-ups, results and cancellation reach it exactly as
-    if a task had run it from the start."""
+class _Started(collections.abc.Coroutine):  # type: ignore[type-arg]
+    """A coroutine whose first step already ran and suspended on ``pending`` (what it yielded
+    to its task), handed to a task as the coroutine itself.
 
-    def __init__(self, coro: Any, pending: Any) -> None:
+    The task's first ``send`` gets ``pending`` (the task then waits on it, as if it had run the
+    first step); later sends, throws and ``close`` go to the coroutine. A throw that comes
+    before the task's first step (the task cancelled at once) cancels ``pending`` and is
+    thrown into the coroutine at its suspension point, as for 3.12's eager task, so its
+    ``except``/``finally`` run (aiohttp's ``write_bytes`` closes the connection there).
+    """
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], pending: Any) -> None:
         self._coro = coro
         self._pending = pending
+        self._handed = False
+
+    def send(self, value: Any) -> Any:
+        if not self._handed:
+            self._handed = True
+            return self._pending
+        return self._coro.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        if not self._handed:
+            self._handed = True
+            cancel = getattr(self._pending, "cancel", None)
+            if cancel is not None:
+                cancel()
+        return self._coro.throw(*args)
+
+    def close(self) -> None:
+        self._handed = True
+        self._coro.close()
 
     def __await__(self) -> Any:
-        pending = self._pending
-        while True:
-            try:
-                yield pending
-            except BaseException as exc:  # thrown in by the task (cancellation): forward it
-                try:
-                    pending = self._coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            return (yield from self._coro.__await__())
+        return (yield from _StepIterator(self))
 
 
-async def _resume(coro: Coroutine[Any, Any, T], pending: Any) -> T:
-    return await _Resumed(coro, pending)
+class _StepIterator:
+    """``__await__`` iterator of :class:`_Started` (``yield from`` needs ``__next__``)."""
+
+    def __init__(self, started: _Started) -> None:
+        self._started = started
+
+    def __iter__(self) -> _StepIterator:
+        return self
+
+    def __next__(self) -> Any:
+        return self._started.send(None)
+
+    def send(self, value: Any) -> Any:
+        return self._started.send(value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._started.throw(*args)
+
+    def close(self) -> None:
+        self._started.close()
 
 
 def start_eagerly(coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
@@ -185,16 +243,19 @@ def start_eagerly(coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
 
     Python 3.11's form of 3.12's ``asyncio.Task(..., eager_start=True)``: a coroutine that
     finishes without suspending (a small body written to a writable socket) has done all its
-    work before the caller's next line; one that suspends continues in the task; one that
-    raises raises in the task.
+    work before the caller's next line; one that suspends continues in the task
+    (:class:`_Started`); an exception raised in the first step is raised in the task,
+    except ``KeyboardInterrupt`` / ``SystemExit``, raised at once.
     """
     try:
         pending = coro.send(None)
     except StopIteration as stop:
         return _value(stop.value)
+    except (KeyboardInterrupt, SystemExit):
+        raise
     except BaseException as exc:  # noqa: BLE001 - re-raised in the task, as 3.12 would
         return _raise(exc)
-    return _resume(coro, pending)
+    return _Started(coro, pending)
 
 
 @functools.cache
@@ -371,11 +432,16 @@ class OpenAIClient:
                 "name": "reply", "schema": req.json_schema, "strict": False}}
         self.attempts += 1
         try:
-            resp = await client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response)
+            async with asyncio.timeout(2 * self.params.timeout_s):  # see module docstring
+                resp = await client.post("/chat/completions", body=kwargs,
+                                         cast_to=httpx2.Response)
             data = json.loads(resp.content)
         except openai.OpenAIError as exc:
             mapped = classify_error(exc)
             raise mapped from None
+        except TimeoutError:
+            raise RetryableError(f"timeout: no answer within the attempt deadline "
+                                 f"(2 x timeout_s = {2 * self.params.timeout_s:g} s)") from None
         except ValueError as exc:  # JSON body that does not decode
             raise RetryableError(f"malformed response: {exc}") from None
         return parse_response(data, req)
