@@ -114,7 +114,11 @@ def profile(name: str, params_path: Path, out_path: Path | None) -> None:
 
     out_path = out_path or params_path
     write_profile(params_path, name, out_path)
-    click.echo(f"wrote {out_path} with profile {name!r}; run `dvc repro` (or `dvc exp run`)")
+    if out_path.resolve() == Path("params.yaml").resolve():
+        click.echo(f"wrote {out_path} with profile {name!r}; run `dvc repro` (or `dvc exp run`)")
+    else:
+        click.echo(f"wrote {out_path} with profile {name!r}; the pipeline reads params.yaml: "
+                   f"copy it there (`cp {out_path} params.yaml`), then run `dvc repro`")
 
 
 if __name__ == "__main__":  # pragma: no cover

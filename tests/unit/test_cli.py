@@ -130,3 +130,14 @@ def test_profile_keeps_comments_and_untouched_keys(tmp_path: Path) -> None:
     assert "# legitimate:illegitimate compounds" in text
     assert "max_illegitimate: null" in text  # nulls stay spelled out
     assert read_yaml(out) == apply_profile(read_yaml(root / "params.yaml"), "paper")
+    # not the params.yaml the pipeline reads (that is ./params.yaml): say how to use it
+    assert f"copy it there (`cp {out} params.yaml`)" in res.output
+
+
+def test_profile_over_the_pipelines_params_says_run_dvc_repro(tmp_path, monkeypatch):
+    root = Path(__file__).resolve().parents[2]
+    (tmp_path / "params.yaml").write_text((root / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["profile", "paper"])
+    assert res.exit_code == 0, res.output
+    assert "run `dvc repro`" in res.output and "copy it there" not in res.output
