@@ -136,9 +136,11 @@ def test_beta_change_reruns_only_dpo_and_evaluate(project: Path) -> None:
 def test_metrics_diff_between_two_commits(project: Path) -> None:
     out = dvc("metrics", "diff", "HEAD~1", "HEAD", "--json", cwd=project)
     diff = json.loads(out[out.index("{"):])
-    # The DPO summary records beta; the change must show between the two runs.
+    # The DPO loss gradient scales with beta, so the logged grad_norm of the beta-0.25 run
+    # differs from the beta-0.2 one (timings differ too, but only by chance: not asserted;
+    # the rewards are 0 at the first logged step of this 2-step run, policy == reference).
     assert diff, "dvc metrics diff reported no change between two different runs"
-    assert any("train.json" in path for path in diff), diff.keys()
+    assert "grad_norm" in diff.get("metrics/dpo/metrics.json", {}), diff
 
 
 def test_augment_change_reruns_augment_and_what_follows(project: Path) -> None:
