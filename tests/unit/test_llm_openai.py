@@ -321,7 +321,7 @@ def test_request_body_leaves_in_the_sending_task(server, monkeypatch):
 
     async def main() -> object:
         async with openai.AsyncOpenAI(api_key=KEY, base_url=server.base_url, max_retries=0,
-                                      http_client=aiohttp_http_client()) as client:
+                                      http_client=aiohttp_http_client(30)) as client:
             await client.chat.completions.create(  # opens the keep-alive connection
                 model="m", messages=[{"role": "user", "content": "warm-up"}])
             writers.clear()
@@ -345,7 +345,7 @@ def test_aiohttp_http_client_keeps_the_default_clients_settings(monkeypatch):
     from librachem.llm.openai_backend import aiohttp_http_client
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
-    ours, default = aiohttp_http_client(), openai.DefaultAioHttpClient()
+    ours, default = aiohttp_http_client(30), openai.DefaultAioHttpClient()
     try:
         assert isinstance(ours, openai.DefaultAioHttpClient)
         assert ours.timeout == default.timeout
@@ -449,7 +449,7 @@ def _silent_server():
 
 
 def test_a_server_that_stops_reading_the_body_times_out(monkeypatch):
-    """aiohttp's read timer starts once the body is written: without the attempt deadline an
+    """aiohttp's read timer starts once the body is written: without the write timeout an
     8 MiB body to a server that never reads hung forever."""
     import threading
     import time
@@ -468,7 +468,8 @@ def test_a_server_that_stops_reading_the_body_times_out(monkeypatch):
         assert not worker.is_alive(), "complete() hung on a server that never reads"
         assert time.monotonic() - start < 30
         assert [c.finish_reason for c in out] == ["error", "error"]
-        assert "timeout" in out[0].error and "attempt deadline" in out[0].error
+        assert out[0].error == ("gave up after 1 attempts: timeout: request body not written "
+                                "within 0.5 s (write timeout)")
         assert "timeout" in out[1].error  # the small body waits for its answer: read timeout
     finally:
         srv.close()
@@ -504,3 +505,76 @@ def test_a_request_that_cannot_be_encoded_is_a_clear_error_before_anything_is_se
         ChatRequest(messages=[{"role": "user", "content": "hi"}], model="m\udfff")
     # a valid pair (one non-BMP code point) is fine
     assert ChatRequest(messages=[{"role": "user", "content": "flask \U0001f9ea"}], model="m")
+
+
+def test_an_answer_that_keeps_arriving_is_not_cut_off():
+    """The read timeout is silence, not total time: a server that sends keep-alive bytes for
+    6 x timeout_s before the JSON is answered (an overall attempt deadline cut this off)."""
+    import json as _json
+    import socket
+    import threading
+    import time
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            buf = b""
+            while b"\r\n\r\n" not in buf:
+                buf += conn.recv(65536)
+            head, body = buf.split(b"\r\n\r\n", 1)
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length")))
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n")
+            for _ in range(12):  # a whitespace chunk every 0.15 s: 1.8 s in all
+                time.sleep(0.15)
+                conn.sendall(b"1\r\n \r\n")
+            reply = _json.dumps({"choices": [{"message": {"content": "done"},
+                                              "finish_reason": "stop"}]}).encode()
+            conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(reply), reply))
+            time.sleep(0.5)
+
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        while True:
+            try:
+                conn = srv.accept()[0]
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        p = LLMParams(backend="openai", model="m", api_key_env="LIBRACHEM_TEST_KEY",
+                      base_url=f"http://127.0.0.1:{srv.getsockname()[1]}/v1", timeout_s=0.3,
+                      max_retries=0)
+        [c] = make_client(p, cache_dir=None).complete(ask(p, "take your time"))
+        assert c.ok, c.error
+        assert c.text == "done"
+    finally:
+        srv.close()
+
+
+def test_start_eagerly_leaves_the_awaited_future_free_for_other_awaiters():
+    """After the first step the future is the task's, as after 3.12's eager step: another
+    coroutine awaiting the same future must not find it marked as held."""
+    import asyncio
+
+    from librachem.llm.openai_backend import start_eagerly
+
+    async def main() -> tuple[str, str]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[str] = loop.create_future()
+
+        async def waiter() -> str:
+            return await fut
+
+        other = loop.create_task(waiter())
+        writer = loop.create_task(start_eagerly(waiter()))
+        await asyncio.sleep(0)
+        fut.set_result("ok")
+        return await other, await writer
+
+    assert asyncio.run(main()) == ("ok", "ok")

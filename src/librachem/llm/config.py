@@ -39,8 +39,8 @@ class LLMParams(Section):
         temperature / top_p / max_tokens / seed: decoding defaults for :meth:`request`.
         concurrency: in-flight requests (``openai``).
         batch_size: prompts per forward batch (``local``).
-        timeout_s: per-attempt timeout in seconds (``openai``): connect and the wait for the
-            answer; each attempt also ends after ``2 * timeout_s`` in all.
+        timeout_s: seconds (``openai``): connect timeout, read timeout (silence while waiting
+            for the answer) and request-body write timeout, per attempt.
         max_retries: retries after the first attempt for 429 / 5xx / timeout / connection
             errors; then the request is recorded as failed.
         backoff_initial_s / backoff_max_s: bounds (seconds) of the full-jitter exponential

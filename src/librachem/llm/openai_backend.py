@@ -18,12 +18,14 @@
   would fail the same way, so the stage stops; completions already finished have been handed
   to ``on_result`` and cached). Other 4xx (400, 409, 413, 422, ...) concern one request: it is
   recorded as failed with the server's message.
-* Timeouts: ``timeout_s`` is the client's (connect, and read: the wait for the answer); each
-  attempt also has an overall deadline of ``2 * timeout_s``, because aiohttp starts its read
-  timer only once the body is written, so a server that stops reading a large body would
-  otherwise hold the request forever. Connection errors are reported as such (the vendored
-  aiohttp transport maps every aiohttp connection error to ``ConnectTimeout``; the cause is
-  read back from the exception chain).
+* Timeouts: ``timeout_s`` is the client's connect and read timeout (aiohttp's ``sock_read``:
+  silence while waiting for the answer), and the body-write timeout: aiohttp starts its read
+  timer only once the body is written and the vendored aiohttp transport drops httpx's write
+  timeout, so a server that stopped reading a large body held the request forever; a body
+  not written within ``timeout_s`` now fails the attempt as a timeout (the connection is
+  aborted) and it is retried. An answer that keeps arriving is never cut off. Connection
+  errors are reported as such (the vendored transport maps every aiohttp connection error to
+  ``ConnectTimeout``; the cause is read back from the exception chain).
 * ``finish_reason`` ``length`` is kept (text, ``ok``); ``content_filter`` is recorded with
   ``error="content_filter ..."`` (not ``ok``) and whatever text came back.
 * JSON schema: sent as ``response_format={"type": "json_schema", ...}`` (non-strict);
@@ -41,7 +43,7 @@
   on 3.11 that task waits for the event loop's next round, behind every other ready
   callback, so at 64 answers per train each request reached the server ~3.5 ms late
   (measured: client write -> server ASGI start, bench/llm_throughput.py). On 3.11 the
-  session's ``request_class`` (:class:`_EagerBodyRequest`, aiohttp's documented
+  session's ``request_class`` (:class:`_BodyRequest`, aiohttp's documented
   ``ClientSession(request_class=...)``) runs the body write's first step at once, as 3.12
   does; vs_ideal 0.85 -> ~0.92 on 2 cores.
 * The API key comes only from the environment variable named by ``api_key_env``; it is never
@@ -125,22 +127,28 @@ def _server_message(exc: Any) -> str:
     return str(getattr(exc, "message", exc))
 
 
-def _connection_cause(exc: BaseException) -> str | None:
-    """The aiohttp connection error (not a timeout) behind a timeout exception, described,
-    or ``None``: openai's vendored aiohttp transport raises every aiohttp
-    ``ClientConnectionError`` (refused, reset, closed by the server) as httpx2's
-    ``ConnectTimeout``, which the client reports as ``APITimeoutError``."""
+def timeout_reason(exc: BaseException) -> str:
+    """What a timeout exception of the client really was: ``connection error: ...`` when an
+    aiohttp connection error (not a timeout) caused it, ``timeout: <message>`` for an aiohttp
+    timeout with a message (e.g. the body-write timeout), else ``timeout``.
+
+    openai's vendored aiohttp transport raises every aiohttp ``ClientConnectionError``
+    (refused, reset, closed by the server) as httpx2's ``ConnectTimeout``, which the client
+    reports as ``APITimeoutError``; the original is in the ``__cause__`` chain. The walk stops
+    at the first aiohttp or asyncio timeout and at a repeated exception (cyclic chains).
+    """
     import aiohttp
 
     seen: set[int] = set()
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
-                cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-            return f"{type(cause).__name__}: {cause}"
+        if isinstance(cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+            return f"timeout: {cause}" if str(cause) else "timeout"
+        if isinstance(cause, aiohttp.ClientConnectionError):
+            return f"connection error: {type(cause).__name__}: {cause}"
         cause = cause.__cause__ or cause.__context__
-    return None
+    return "timeout"
 
 
 def classify_error(exc: BaseException) -> BaseException:
@@ -149,8 +157,7 @@ def classify_error(exc: BaseException) -> BaseException:
     import openai
 
     if isinstance(exc, openai.APITimeoutError):
-        cause = _connection_cause(exc)
-        return RetryableError(f"connection error: {cause}" if cause else "timeout")
+        return RetryableError(timeout_reason(exc))
     if isinstance(exc, openai.APIConnectionError):
         return RetryableError(f"connection error: {exc}")
     if isinstance(exc, openai.APIStatusError):
@@ -197,6 +204,8 @@ class _Started(collections.abc.Coroutine):  # type: ignore[type-arg]
     def send(self, value: Any) -> Any:
         if not self._handed:
             self._handed = True
+            if getattr(self._pending, "_asyncio_future_blocking", None) is False:
+                self._pending._asyncio_future_blocking = True  # what the task checks for
             return self._pending
         return self._coro.send(value)
 
@@ -255,39 +264,69 @@ def start_eagerly(coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
         raise
     except BaseException as exc:  # noqa: BLE001 - re-raised in the task, as 3.12 would
         return _raise(exc)
+    if getattr(pending, "_asyncio_future_blocking", None):
+        # as a task does on receiving a future (3.12's eager step): until the task takes it
+        # over, another awaiter of the same future must not find it marked as held
+        pending._asyncio_future_blocking = False
     return _Started(coro, pending)
 
 
-@functools.cache
-def _eager_body_request_class() -> type:
+async def _write_or_abort(coro: Coroutine[Any, Any, T], conn: Any, seconds: float) -> T:
+    """Run aiohttp's body write; if it has not finished after ``seconds`` (a server that
+    stopped reading), fail the request with ``ServerTimeoutError`` and abort the connection
+    (see module docstring). No ``asyncio.timeout`` here: on 3.11 the first step runs in the
+    sending task, which a task-bound timeout would cancel instead."""
     import aiohttp
 
-    class _EagerBodyRequest(aiohttp.ClientRequest):
-        """``ClientRequest`` whose body write starts in the sending step (see module docstring)."""
+    def expire() -> None:
+        protocol = conn.protocol
+        if protocol is not None:
+            protocol.set_exception(aiohttp.ServerTimeoutError(
+                f"request body not written within {seconds:g} s (write timeout)"))
+        transport = conn.transport
+        if transport is not None:
+            transport.abort()
+
+    handle = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        return await coro
+    finally:
+        handle.cancel()
+
+
+@functools.cache
+def _body_request_class(write_timeout_s: float) -> type:
+    import aiohttp
+
+    eager = sys.version_info < (3, 12)  # from 3.12 aiohttp starts the writer task eagerly
+
+    class _BodyRequest(aiohttp.ClientRequest):
+        """``ClientRequest`` whose body write starts in the sending step and has a write
+        timeout (see module docstring)."""
 
         def write_bytes(self, writer: Any, conn: Any, content_length: int | None = None) -> Any:
-            return start_eagerly(super().write_bytes(writer, conn, content_length))
+            coro = _write_or_abort(super().write_bytes(writer, conn, content_length), conn,
+                                   write_timeout_s)
+            return start_eagerly(coro) if eager else coro
 
-    return _EagerBodyRequest
+    return _BodyRequest
 
 
-def aiohttp_http_client() -> Any:
-    """``openai.DefaultAioHttpClient()`` (the ``openai`` README's "With aiohttp"); on Python
-    3.11 its aiohttp session uses :class:`_EagerBodyRequest` (see module docstring).
+def aiohttp_http_client(write_timeout_s: float) -> Any:
+    """``openai.DefaultAioHttpClient()`` (the ``openai`` README's "With aiohttp") whose aiohttp
+    session uses :class:`_BodyRequest`: eager body writes on Python 3.11 and a body-write
+    timeout of ``write_timeout_s`` seconds (see module docstring).
 
     Everything else is the default client's: its ``_init_transport`` (the hook the vendored
     ``Httpx2AiohttpClient`` itself overrides) builds the same ``AiohttpTransport`` (limits,
-    SSL context, environment proxies as before), and the session is built as
-    ``AiohttpTransport.get_client`` builds it (a ``TCPConnector`` with the connection limit,
-    keep-alive expiry and SSL context) plus ``request_class``.
+    SSL context, environment proxies as before; proxied requests use the stock session), and
+    the session is built as ``AiohttpTransport.get_client`` builds it (a ``TCPConnector`` with
+    the connection limit, keep-alive expiry and SSL context) plus ``request_class``.
     """
+    import aiohttp
     import openai
 
-    if sys.version_info >= (3, 12):  # aiohttp starts the body-write task eagerly itself
-        return openai.DefaultAioHttpClient()
-    import aiohttp
-
-    request_class = _eager_body_request_class()
+    request_class = _body_request_class(float(write_timeout_s))
 
     def session(transport: Any) -> aiohttp.ClientSession:
         limit = transport.limits.max_connections
@@ -296,14 +335,14 @@ def aiohttp_http_client() -> Any:
                                          **({"limit": limit} if limit is not None else {}))
         return aiohttp.ClientSession(connector=connector, request_class=request_class)
 
-    class _EagerBodyClient(openai.DefaultAioHttpClient):  # type: ignore[misc, valid-type]
+    class _Client(openai.DefaultAioHttpClient):  # type: ignore[misc, valid-type]
         def _init_transport(self, *args: Any, **kwargs: Any) -> Any:
             transport = super()._init_transport(*args, **kwargs)
             if getattr(transport, "client", ...) is None:  # the default AiohttpTransport
                 transport.client = lambda: session(transport)
             return transport
 
-    return _EagerBodyClient()
+    return _Client()
 
 
 class OpenAIClient:
@@ -349,7 +388,7 @@ class OpenAIClient:
                    disable=None if self.progress else True)
         async with openai.AsyncOpenAI(api_key=self._key, base_url=self.params.base_url,
                                       timeout=self.params.timeout_s, max_retries=0,
-                                      http_client=aiohttp_http_client()) as client:
+                                      http_client=aiohttp_http_client(self.params.timeout_s)) as client:
 
             todo = iter(enumerate(requests))
 
@@ -432,16 +471,11 @@ class OpenAIClient:
                 "name": "reply", "schema": req.json_schema, "strict": False}}
         self.attempts += 1
         try:
-            async with asyncio.timeout(2 * self.params.timeout_s):  # see module docstring
-                resp = await client.post("/chat/completions", body=kwargs,
-                                         cast_to=httpx2.Response)
+            resp = await client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response)
             data = json.loads(resp.content)
         except openai.OpenAIError as exc:
             mapped = classify_error(exc)
             raise mapped from None
-        except TimeoutError:
-            raise RetryableError(f"timeout: no answer within the attempt deadline "
-                                 f"(2 x timeout_s = {2 * self.params.timeout_s:g} s)") from None
         except ValueError as exc:  # JSON body that does not decode
             raise RetryableError(f"malformed response: {exc}") from None
         return parse_response(data, req)
