@@ -6,13 +6,15 @@ duplicated, and retries must stop at the bound (checked with the server's attemp
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from librachem.errors import LLMError
 from librachem.llm.client import make_client
 from librachem.llm.config import LLMParams
 from librachem.llm.openai_backend import (RetryableError, backoff_seconds, parse_response,
-                                           parse_retry_after)
+                                           parse_retry_after, start_eagerly)
 from tests.llm_server import RunningServer
 
 KEY = "sk-test-secret-never-stored-0123456789"
@@ -207,10 +209,6 @@ def test_parse_response_replaces_lone_surrogates_keeps_valid_emoji():
 
 # --------------------------------------------------------------- eager body writes (3.11)
 def test_start_eagerly_runs_a_synchronous_coroutine_before_returning():
-    import asyncio
-
-    from librachem.llm.openai_backend import start_eagerly
-
     log: list[str] = []
 
     async def write() -> int:
@@ -226,10 +224,6 @@ def test_start_eagerly_runs_a_synchronous_coroutine_before_returning():
 
 
 def test_start_eagerly_hands_a_suspended_coroutine_to_its_task():
-    import asyncio
-
-    from librachem.llm.openai_backend import start_eagerly
-
     async def main() -> None:
         loop = asyncio.get_running_loop()
         gate: asyncio.Future[str] = loop.create_future()
@@ -263,18 +257,21 @@ def test_start_eagerly_hands_a_suspended_coroutine_to_its_task():
     asyncio.run(main())
 
 
-def test_start_eagerly_cancellation_and_errors_reach_the_coroutine():
-    import asyncio
+@pytest.mark.parametrize("rounds_before_cancel", [0, 1])
+def test_start_eagerly_cancellation_reaches_the_coroutine(rounds_before_cancel):
+    """Cancelled after the task's first step, or before it (aiohttp cancels the body writer
+    in the step that created it when an answer was already buffered): the suspended write
+    must see the cancellation (and close the connection) as with 3.12's eager tasks, not be
+    dropped while its body is still going out."""
 
-    from librachem.llm.openai_backend import start_eagerly
-
-    async def main() -> None:
+    async def main() -> tuple[list[str], bool]:
         loop = asyncio.get_running_loop()
         gate: asyncio.Future[None] = loop.create_future()
         log: list[str] = []
 
         async def body() -> None:
             try:
+                log.append("first step")
                 await gate
             except asyncio.CancelledError:
                 log.append("cancelled inside")
@@ -283,19 +280,24 @@ def test_start_eagerly_cancellation_and_errors_reach_the_coroutine():
                 log.append("cleanup")
 
         task = loop.create_task(start_eagerly(body()))
-        await asyncio.sleep(0)
+        for _ in range(rounds_before_cancel):
+            await asyncio.sleep(0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert log == ["cancelled inside", "cleanup"]
-        assert gate.cancelled()  # the task cancelled what the coroutine waited on
+        return log, gate.cancelled()
 
-        async def broken() -> None:
-            raise ValueError("first step failed")
+    assert asyncio.run(main()) == (["first step", "cancelled inside", "cleanup"], True)
 
+
+def test_start_eagerly_an_error_in_the_first_step_is_raised_in_the_task():
+    async def broken() -> None:
+        raise ValueError("first step failed")
+
+    async def main() -> None:
         rest = start_eagerly(broken())  # no exception here: it belongs to the task
         with pytest.raises(ValueError, match="first step failed"):
-            await loop.create_task(rest)
+            await asyncio.get_running_loop().create_task(rest)
 
     asyncio.run(main())
 
@@ -303,7 +305,6 @@ def test_start_eagerly_cancellation_and_errors_reach_the_coroutine():
 def test_request_body_leaves_in_the_sending_task(server, monkeypatch):
     """On every Python the body is written by the task that sends the request (3.11 without
     the eager request class: by aiohttp's writer task, a loop round later)."""
-    import asyncio
     from asyncio import selector_events
 
     import openai
@@ -338,8 +339,6 @@ def test_request_body_leaves_in_the_sending_task(server, monkeypatch):
 
 def test_aiohttp_http_client_keeps_the_default_clients_settings(monkeypatch):
     """Same timeout, redirects and environment proxies as ``openai.DefaultAioHttpClient``."""
-    import asyncio
-
     import openai
 
     from librachem.llm.openai_backend import aiohttp_http_client
@@ -387,41 +386,7 @@ def test_large_body_that_suspends_mid_write_still_arrives(server, monkeypatch):
         assert resumed, "the 8 MiB body should have suspended its first write step"
 
 
-def test_start_eagerly_a_task_cancelled_before_its_first_step_cancels_the_coroutine():
-    """aiohttp cancels the body writer in the step that created it when an answer was
-    already buffered; the suspended write must see the cancellation (and close the
-    connection) as with 3.12's eager tasks, not be dropped while its body is still going out."""
-    import asyncio
-
-    from librachem.llm.openai_backend import start_eagerly
-
-    async def main() -> tuple[list[str], bool]:
-        loop = asyncio.get_running_loop()
-        gate: asyncio.Future[None] = loop.create_future()
-        log: list[str] = []
-
-        async def body() -> None:
-            try:
-                log.append("first step")
-                await gate
-            except asyncio.CancelledError:
-                log.append("cancelled inside")
-                raise
-            finally:
-                log.append("cleanup")
-
-        task = loop.create_task(start_eagerly(body()))
-        task.cancel()  # before the task's first step
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        return log, gate.cancelled()
-
-    assert asyncio.run(main()) == (["first step", "cancelled inside", "cleanup"], True)
-
-
 def test_start_eagerly_raises_an_interrupt_at_once():
-    from librachem.llm.openai_backend import start_eagerly
-
     async def interrupted() -> None:
         raise KeyboardInterrupt
 
@@ -560,10 +525,6 @@ def test_an_answer_that_keeps_arriving_is_not_cut_off():
 def test_start_eagerly_leaves_the_awaited_future_free_for_other_awaiters():
     """After the first step the future is the task's, as after 3.12's eager step: another
     coroutine awaiting the same future must not find it marked as held."""
-    import asyncio
-
-    from librachem.llm.openai_backend import start_eagerly
-
     async def main() -> tuple[str, str]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[str] = loop.create_future()
