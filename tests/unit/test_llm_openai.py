@@ -254,6 +254,16 @@ def test_start_eagerly_hands_a_suspended_coroutine_to_its_task():
         with pytest.raises(OSError, match="socket gone"):
             await task2
 
+        # awaited directly rather than as a task: the same result
+        gate3: asyncio.Future[str] = loop.create_future()
+
+        async def body3() -> str:
+            return (await gate3) * 2
+
+        rest = start_eagerly(body3())
+        loop.call_soon(gate3.set_result, "ab")
+        assert await rest == "abab"
+
     asyncio.run(main())
 
 

@@ -221,30 +221,15 @@ class _Started(collections.abc.Coroutine):  # type: ignore[type-arg]
         self._handed = True
         self._coro.close()
 
-    def __await__(self) -> Any:
-        return (yield from _StepIterator(self))
+    # awaited directly (not through a task), it is its own iterator
+    def __await__(self) -> _Started:
+        return self
 
-
-class _StepIterator:
-    """``__await__`` iterator of :class:`_Started` (``yield from`` needs ``__next__``)."""
-
-    def __init__(self, started: _Started) -> None:
-        self._started = started
-
-    def __iter__(self) -> _StepIterator:
+    def __iter__(self) -> _Started:
         return self
 
     def __next__(self) -> Any:
-        return self._started.send(None)
-
-    def send(self, value: Any) -> Any:
-        return self._started.send(value)
-
-    def throw(self, *args: Any) -> Any:
-        return self._started.throw(*args)
-
-    def close(self) -> None:
-        self._started.close()
+        return self.send(None)
 
 
 def start_eagerly(coro: Coroutine[Any, Any, T]) -> Coroutine[Any, Any, T]:
