@@ -2,7 +2,7 @@
 
 Both sides train the identical model (``--model tiny``: the 2-layer test Llama; ``--model base``:
 ``models/base``, SmolLM2-135M), identical rows, LoRA and DPOConfig values. The stage side calls
-``librachem.dpo.train_dpo`` (template check, drop counting, DVCLive curves, model card ...); the
+``librachem.train.dpo.train_dpo`` (template check, drop counting, DVCLive curves, model card ...); the
 bare side is the minimal TRL script (``DPOTrainer(model, None, DPOConfig, dataset,
 processing_class, peft_config).train()``). A callback installed on both (by wrapping
 ``DPOTrainer.__init__``) records the wall time between consecutive optimizer steps (forward,
@@ -65,7 +65,7 @@ def _step_times(stamps: list[tuple[float, float]], warmup: int) -> list[tuple[fl
 
 
 def run_stage(params, table, base_dir: Path, work: Path) -> None:
-    from librachem.dpo import train_dpo
+    from librachem.train.dpo import train_dpo
 
     train_dpo(params, table, base_dir, None, work / "dpo", work / "live", work / "train.json")
 
@@ -120,7 +120,7 @@ def main() -> None:
     logging.disable(logging.WARNING)
     import torch
 
-    from librachem.dpo import DpoParams
+    from librachem.train.dpo import DpoParams
 
     torch.set_num_threads(args.threads)
 

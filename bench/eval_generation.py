@@ -39,7 +39,7 @@ FALLBACK_TEMPLATES = ["Tell me the steps of synthesizing {s}.",
 def load_prompts(n: int) -> tuple[list[str], str]:
     triplets = Path("data/triplets")
     if (triplets / "manifest.json").is_file():
-        from librachem.shards import read_shards
+        from librachem.common.shards import read_shards
 
         prompts = read_shards(triplets, split="test")["prompt"].to_pylist()
         if prompts:
@@ -52,7 +52,7 @@ def sequential(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tup
     """The official loop: one prompt, one ``generate`` call, greedy, stop at EOS."""
     import torch
 
-    from librachem.chat_format import render_prompt
+    from librachem.common.chat_format import render_prompt
 
     texts, tokens = [], 0
     start = time.perf_counter()
@@ -73,8 +73,9 @@ def sequential(model, tokenizer, prompts: list[str], max_new_tokens: int) -> tup
 
 def batched(model, tokenizer, prompts: list[str], max_new_tokens: int,
             batch_size: int) -> tuple[list[str], int, float]:
-    """evaluate's path: :func:`librachem.evaluate.generation_requests` + LocalClient."""
-    from librachem.evaluate import GenerationParams, generation_requests
+    """evaluate's path: :func:`librachem.evaluate.generation.generation_requests` + LocalClient."""
+    from librachem.evaluate.generation import generation_requests
+    from librachem.evaluate.params import GenerationParams
     from librachem.llm.local import LocalClient
 
     gen = GenerationParams(max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -99,9 +100,9 @@ def main(model_dir: Path, n_prompts: int, max_new_tokens: int | None, batch_size
          params_path: Path) -> None:
     import torch
 
-    from librachem.adapters import load_aligned
-    from librachem.config import load_section
-    from librachem.evaluate import EvaluateParams
+    from librachem.common.adapters import load_aligned
+    from librachem.common.config import load_section
+    from librachem.evaluate.params import EvaluateParams
 
     if not (model_dir / "config.json").is_file():
         sys.exit(f"{model_dir} is not a model folder; run `.venv/bin/dvc repro base_model` first")

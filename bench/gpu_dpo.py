@@ -67,7 +67,12 @@ def main() -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+    from transformers import (
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        TrainerCallback,
+    )
     from trl import DPOConfig, DPOTrainer
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER)

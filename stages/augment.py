@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from librachem.augment import AugmentParams, run_augment
-from librachem.config import load_section
-from librachem.stagecli import stage_main
+from librachem.augment.stage import AugmentParams, run_augment
+from librachem.common.config import load_section
+from librachem.common.stagecli import stage_main
 
 _Dir = click.Path(file_okay=False, path_type=Path)
 _File = click.Path(dir_okay=False, path_type=Path)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from librachem.base_model import BaseModelParams, convert_base_model
-from librachem.config import load_section
-from librachem.stagecli import stage_main
+from librachem.base_model.stage import BaseModelParams, convert_base_model
+from librachem.common.config import load_section
+from librachem.common.stagecli import stage_main
 
 
 @click.command()

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from librachem.config import load_section
-from librachem.dpo import DpoParams, run_dpo
-from librachem.stagecli import stage_main
+from librachem.common.config import load_section
+from librachem.common.stagecli import stage_main
+from librachem.train.dpo import DpoParams, run_dpo
 
 _dir = click.Path(file_okay=False, path_type=Path)
 

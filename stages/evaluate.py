@@ -12,9 +12,10 @@ from pathlib import Path
 
 import click
 
-from librachem.config import load_section
-from librachem.evaluate import EvalPaths, EvaluateParams, evaluate
-from librachem.stagecli import stage_main
+from librachem.common.config import load_section
+from librachem.common.stagecli import stage_main
+from librachem.evaluate.params import EvalPaths, EvaluateParams
+from librachem.evaluate.stage import evaluate
 
 _DIR = click.Path(file_okay=False, path_type=Path)
 

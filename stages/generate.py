@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from librachem.config import load_section
-from librachem.generate import GenerateParams, run_generate
-from librachem.stagecli import stage_main
+from librachem.common.config import load_section
+from librachem.common.stagecli import stage_main
+from librachem.generate.stage import GenerateParams, run_generate
 
 _Dir = click.Path(file_okay=False, path_type=Path)
 _File = click.Path(dir_okay=False, path_type=Path)

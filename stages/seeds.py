@@ -6,9 +6,9 @@ from pathlib import Path
 
 import click
 
-from librachem.config import load_section
-from librachem.seeds import SeedsParams, run_seeds
-from librachem.stagecli import stage_main
+from librachem.common.config import load_section
+from librachem.common.stagecli import stage_main
+from librachem.seeds.stage import SeedsParams, run_seeds
 
 
 @click.command()

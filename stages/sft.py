@@ -10,9 +10,9 @@ from pathlib import Path
 
 import click
 
-from librachem.config import load_section
-from librachem.sft import SftParams, run_sft
-from librachem.stagecli import stage_main
+from librachem.common.config import load_section
+from librachem.common.stagecli import stage_main
+from librachem.train.sft import SftParams, run_sft
 
 _dir = click.Path(file_okay=False, path_type=Path)
 

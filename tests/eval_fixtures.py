@@ -16,7 +16,7 @@ COMMON = {"smiles": None, "template_id": "syn-01", "template_version": "t", "pro
 
 def triplet_rows(n_per_cell: int = 2, split: str = "test") -> list[dict]:
     """Rows over label x mode (legitimate: aspirin-like, illegitimate: agent-like)."""
-    from librachem.triplets import row_id
+    from librachem.common.triplets import row_id
 
     rows = []
     for label, cls, cat, intent in (("legitimate", "legitimate", "medicine", "synthesis"),
@@ -44,8 +44,8 @@ def triplet_rows(n_per_cell: int = 2, split: str = "test") -> list[dict]:
 
 
 def write_triplets(out_dir: Path, n_per_cell: int = 2) -> Path:
-    from librachem.shards import write_shards
-    from librachem.triplets import TRIPLET_SCHEMA, rows_to_table
+    from librachem.common.shards import write_shards
+    from librachem.common.triplets import TRIPLET_SCHEMA, rows_to_table
 
     tables = {s: rows_to_table(triplet_rows(n_per_cell, s), TRIPLET_SCHEMA)
               for s in ("train", "test")}
@@ -59,8 +59,8 @@ REPHRASE = {"rephraser_model": "fake", "rephrase_version": "r", "prompt_cache_ke
 def write_rephrased(out_dir: Path, n_rephrased: int = 2) -> Path:
     """Like augment's ``data/rephrased_test``: ``n_rephrased`` rephrased test prompts, plus two
     rows flagged ``rephrased_test = false`` that evaluate must ignore."""
-    from librachem.shards import write_shards
-    from librachem.triplets import AUGMENTED_SCHEMA, row_id, rows_to_table
+    from librachem.common.shards import write_shards
+    from librachem.common.triplets import AUGMENTED_SCHEMA, row_id, rows_to_table
 
     rows = []
     for r in triplet_rows(1, "train")[:2]:
@@ -84,7 +84,7 @@ def write_random_adapter(base_dir: Path, out_dir: Path, seed: int = 0) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from librachem.training import write_effective_config
+    from librachem.train.record import write_effective_config
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)

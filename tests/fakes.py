@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from librachem.answers import load_answer_prompts
+from librachem.generate.answers import load_answer_prompts
 from librachem.llm.base import ChatRequest, Completion
 
 SEEDS_SCHEMA = pa.schema([(c, pa.string()) for c in
@@ -90,7 +90,7 @@ def rephraser(request: ChatRequest) -> str:
     each variant differs; markers in the source trigger the augment guards:
     ``DRIFT`` drops the compound, ``FLIP`` turns any answer into its opposite verdict,
     ``HAZARD`` adds a placeholder procedure."""
-    from librachem.rephrase import load_rephrase_prompts
+    from librachem.augment.rephrase import load_rephrase_prompts
 
     if request.messages[0]["content"] != load_rephrase_prompts().system:
         raise ValueError("not a rephrase request")

@@ -7,7 +7,7 @@ import pyarrow as pa
 
 def triplet_table(pairs: int = 12, test_rows: int = 2) -> pa.Table:
     """Rows with prompt, chosen, rejected, split, compound_class (columns of the augmented
-    schema in librachem.triplets) in train and test splits."""
+    schema in librachem.common.triplets) in train and test splits."""
     rows = []
     for i in range(pairs):
         rows.append({"prompt": f"How is compound L{i} prepared in the lab?",

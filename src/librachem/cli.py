@@ -6,7 +6,7 @@ Sub-commands here are user tools that run outside the DVC pipeline (the stages l
 
 Commands:
     judge-refusals  add a boolean ``refused`` column to a CSV with the rule-tier refusal
-                    detector (:mod:`librachem.refusal`); offline, no model.
+                    detector (:mod:`librachem.common.refusal`); offline, no model.
     check-params    validate every params.yaml section.
     profile         apply a packaged params profile (``paper``: paper scale) to params.yaml.
     refusal-report  accuracy, Cohen's kappa and per-class F1 of that detector on XSTest's
@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from librachem import __version__
-from librachem.stagecli import stage_main
+from librachem.common.stagecli import stage_main
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def judge_refusals(input_csv: Path, text_column: str, out_csv: Path, with_label:
     `refused` is true only for a confident refusal; empty cells and `unsure` verdicts are
     false (use --with-label to see them). Prints counts and the pattern-set version.
     """
-    from librachem.refusal_table import judge_csv
+    from librachem.commands.judge_refusals import judge_csv
 
     counts = judge_csv(input_csv, text_column, out_csv, with_label=with_label,
                        patterns_path=patterns)
@@ -71,10 +71,10 @@ def refusal_report(xstest_csv: Path | None, rbr_jsonl: tuple[Path, ...], pattern
     """Score the rule-tier refusal detector against human labels (refusal = full or partial)."""
     import json
 
-    from librachem.atomic import write_json
-    from librachem.errors import ConfigError
-    from librachem.refusal import load_patterns
-    from librachem.refusal_eval import rbr_report, xstest_report
+    from librachem.commands.refusal_report import rbr_report, xstest_report
+    from librachem.common.atomic import write_json
+    from librachem.common.errors import ConfigError
+    from librachem.common.refusal import load_patterns
 
     if xstest_csv is None and not rbr_jsonl:
         raise ConfigError("give --xstest and/or --rbr")
@@ -95,7 +95,7 @@ def refusal_report(xstest_csv: Path | None, rbr_jsonl: tuple[Path, ...], pattern
 @stage_main
 def check_params(params_path: Path) -> None:
     """Validate every section of a params file (what each stage checks before any work)."""
-    from librachem.config import read_yaml, validate_all
+    from librachem.common.config import read_yaml, validate_all
 
     sections = validate_all(read_yaml(params_path))
     click.echo(f"{params_path}: {len(sections)} sections valid ({', '.join(sections)})")
@@ -110,7 +110,7 @@ def check_params(params_path: Path) -> None:
 @stage_main
 def profile(name: str, params_path: Path, out_path: Path | None) -> None:
     """Apply a packaged params profile (e.g. `paper`) over params.yaml and validate it."""
-    from librachem.profiles import write_profile
+    from librachem.commands.profiles import write_profile
 
     out_path = out_path or params_path
     write_profile(params_path, name, out_path)

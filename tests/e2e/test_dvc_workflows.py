@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from librachem.config import read_yaml
-from librachem.profiles import merge
+from librachem.commands.profiles import merge
+from librachem.common.config import read_yaml
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from librachem.base_model import BaseModelParams, locate_gguf
+from librachem.base_model.stage import BaseModelParams, locate_gguf
 from stages.base_model import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,7 +43,7 @@ def test_bad_params_are_clean_errors(tmp_path, section, message):
 
 
 def test_repo_params_match_the_packaged_file():
-    from librachem.config import load_section
+    from librachem.common.config import load_section
 
     p = load_section(BaseModelParams, "base_model", REPO / "params.yaml")
     assert locate_gguf(p.package, p.gguf_file).stat().st_size == 98_362_432

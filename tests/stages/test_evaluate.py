@@ -29,7 +29,7 @@ def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     save_tiny_base(root / "base")
     write_random_adapter(root / "base", root / "dpo")
-    from librachem.sft import SftParams, train_sft
+    from librachem.train.sft import SftParams, train_sft
 
     # sft disabled: a folder with the stage's record and no adapter
     train_sft(SftParams(enabled=False), None, root / "base", root / "sft", root / "live_sft")
@@ -65,7 +65,7 @@ PARAMS = {
 
 
 def test_evaluate_stage_tiny_models_fake_judge(tmp_path, models):
-    from librachem.evaluate import RESPONSE_SCHEMA
+    from librachem.evaluate.outputs import RESPONSE_SCHEMA
 
     ws = _workspace(tmp_path, PARAMS)
     result = _invoke(ws, models)

@@ -7,8 +7,8 @@ import json
 import yaml
 from click.testing import CliRunner
 
-from librachem.shards import read_manifest, read_shards
-from librachem.triplets import TRIPLET_SCHEMA
+from librachem.common.shards import read_manifest, read_shards
+from librachem.common.triplets import TRIPLET_SCHEMA
 from stages.generate import main
 from tests.fakes import tiny_seeds
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from librachem.seeds import SEEDS_SCHEMA
+from librachem.seeds.stage import SEEDS_SCHEMA
 from stages.seeds import main
 
 TINY = [  # names and structures only

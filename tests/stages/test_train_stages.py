@@ -19,7 +19,7 @@ TINY = {"max_steps": 2, "batch_size": 2, "max_length": 96, "check_sample": 4,
 
 @pytest.fixture
 def workspace(tmp_path):
-    from librachem.shards import write_shards
+    from librachem.common.shards import write_shards
 
     table = triplet_table(pairs=4)
     write_shards(tmp_path / "augmented", {"all": table}, table.schema)
@@ -66,9 +66,8 @@ def test_sft_then_dpo_stage(workspace):
     ({"loss_weights": [1.0, 2.0]}, "one weight per loss_type"),
 ])
 def test_dpo_stage_bad_params_fail_cleanly(workspace, dpo, message):
+    from librachem.train.sft import SftParams, train_sft
     from stages.dpo import main as dpo_main
-
-    from librachem.sft import SftParams, train_sft
 
     ws = workspace
     _params(ws / "params.yaml", dpo=dpo)

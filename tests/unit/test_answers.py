@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from librachem.answers import (KINDS, KINDS_BY_LABEL, build_messages, drop_repeats,
-                               load_answer_prompts, pick_fallback, tidy, verdict_reason)
-from librachem.hazard import scan
-from librachem.refusal import classify
+from librachem.common.hazard import scan
+from librachem.common.refusal import classify
+from librachem.generate.answers import (
+    KINDS,
+    KINDS_BY_LABEL,
+    build_messages,
+    drop_repeats,
+    load_answer_prompts,
+    pick_fallback,
+    tidy,
+    verdict_reason,
+)
 
 
 def test_role_swap_table():

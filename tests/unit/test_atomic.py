@@ -1,4 +1,4 @@
-"""Folder swaps and leftovers of killed runs (src/librachem/atomic.py)."""
+"""Folder swaps and leftovers of killed runs (src/librachem/common/atomic.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from librachem.atomic import remove_leftovers, replace_dir
+from librachem.common.atomic import remove_leftovers, replace_dir
 
 
 def _folder(path, text):
@@ -37,7 +37,7 @@ def test_a_kill_inside_replace_dir_never_leaves_a_half_deleted_folder(tmp_path, 
     hook = {"rename-in": "os.replace", "delete-old": "shutil.rmtree"}[kill_before]
     code = f"""
 import os, shutil, signal
-from librachem import atomic
+from librachem.common import atomic
 calls = []
 real = {hook}
 def killer(*a, **k):

@@ -7,14 +7,14 @@ import random
 
 import pytest
 
-from librachem.augment import AugmentParams, combine, run_augment
-from librachem.errors import QualityGateError, SchemaError
-from librachem.generate import GenerateParams, run_generate
+from librachem.augment.stage import AugmentParams, combine, run_augment
+from librachem.common.errors import QualityGateError, SchemaError
+from librachem.common.refusal import classify
+from librachem.common.shards import MANIFEST, read_manifest, read_shards
+from librachem.common.triplets import AUGMENTED_SCHEMA
+from librachem.generate.stage import GenerateParams, run_generate
 from librachem.llm.client import make_client
 from librachem.llm.fake import FakeClient
-from librachem.refusal import classify
-from librachem.shards import MANIFEST, read_manifest, read_shards
-from librachem.triplets import AUGMENTED_SCHEMA
 from tests.fakes import DieAfter, Killed, generator, tiny_seeds
 
 FAKE = {"backend": "fake", "fake_script": "tests.fakes:generator"}

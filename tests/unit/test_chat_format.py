@@ -3,9 +3,15 @@
 import pytest
 import torch
 
-from librachem.chat_format import (QA_TEMPLATE, apply_format, check_batches, check_sequence,
-                                   drop_unfit_rows, render_prompt)
-from librachem.errors import TrainingError
+from librachem.common.chat_format import (
+    QA_TEMPLATE,
+    apply_format,
+    check_batches,
+    check_sequence,
+    drop_unfit_rows,
+    render_prompt,
+)
+from librachem.common.errors import TrainingError
 from tests.tiny_model import tiny_tokenizer
 
 BOS, EOS, NL = 1, 2, 198  # SmolLM2: <|im_start|>, <|im_end|> (= pad), "\n"

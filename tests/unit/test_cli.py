@@ -116,8 +116,8 @@ def test_profile_writes_into_a_new_folder(tmp_path: Path) -> None:
 
 
 def test_profile_keeps_comments_and_untouched_keys(tmp_path: Path) -> None:
-    from librachem.config import read_yaml
-    from librachem.profiles import apply_profile
+    from librachem.commands.profiles import apply_profile
+    from librachem.common.config import read_yaml
 
     root = Path(__file__).resolve().parents[2]
     out = tmp_path / "params.yaml"

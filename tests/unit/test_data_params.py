@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from librachem.answers import load_answer_prompts
-from librachem.augment import AugmentParams
-from librachem.config import load_section, validate_section
-from librachem.errors import ConfigError
-from librachem.generate import GenerateParams
-from librachem.rephrase import load_rephrase_prompts
-from librachem.requests import load_request_templates
+from librachem.augment.rephrase import load_rephrase_prompts
+from librachem.augment.stage import AugmentParams
+from librachem.common.config import load_section, validate_section
+from librachem.common.errors import ConfigError
+from librachem.generate.answers import load_answer_prompts
+from librachem.generate.requests import load_request_templates
+from librachem.generate.stage import GenerateParams
 
 PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 

@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from librachem.config import validate_section
-from librachem.errors import ConfigError, DataError, SchemaError
-from librachem.evaluate import (EvaluateParams, JudgeParams, PromptParams, XSTestParams, combine,
-                                finish_row, load_prompts, load_xstest, stratified_sample)
+from librachem.common.config import validate_section
+from librachem.common.errors import ConfigError, DataError, SchemaError
+from librachem.evaluate.judging import combine, finish_row
+from librachem.evaluate.params import (
+    EvaluateParams,
+    JudgeParams,
+    PromptParams,
+    XSTestParams,
+)
+from librachem.evaluate.prompts import load_prompts, load_xstest, stratified_sample
 from tests.eval_fixtures import write_rephrased, write_triplets
 
 
@@ -133,15 +139,16 @@ def test_params_validation():
 def test_params_yaml_section_loads():
     from pathlib import Path
 
-    from librachem.config import load_section
+    from librachem.common.config import load_section
 
     p = load_section(EvaluateParams, "evaluate", Path(__file__).parents[2] / "params.yaml")
     assert p.judge.policy in ("tiered", "paper")
 
 
 def test_unknown_label_is_data_error(tmp_path):
-    from librachem.evaluate import _prompt_rows
     import pyarrow as pa
+
+    from librachem.evaluate.prompts import _prompt_rows
 
     with pytest.raises(DataError, match="benign"):
         _prompt_rows(pa.Table.from_pylist([{"row_id": "r", "prompt": "p", "label": "benign",
@@ -149,8 +156,8 @@ def test_unknown_label_is_data_error(tmp_path):
 
 
 def test_hazardous_illegitimate_responses_are_redacted_before_saving():
-    from librachem.evaluate import redact_hazardous
-    from librachem.hazard import REDACTION_MARK, scan
+    from librachem.common.hazard import REDACTION_MARK, scan
+    from librachem.evaluate.judging import redact_hazardous
 
     procedure = "Sure. 1. Add 50 mL of reagent A at 80 C. 2. Stir for 2 hours. Good luck."
     rows = [
@@ -181,7 +188,8 @@ def test_hazardous_illegitimate_responses_are_redacted_before_saving():
 def test_prompts_about_illegitimate_compounds_are_sensitive_whatever_their_label():
     import pyarrow as pa
 
-    from librachem.evaluate import _prompt_rows, is_sensitive
+    from librachem.evaluate.judging import is_sensitive
+    from librachem.evaluate.prompts import _prompt_rows
 
     table = pa.Table.from_pylist([
         {"row_id": "a", "prompt": "Why is agent-1 controlled?", "label": "legitimate",

@@ -8,14 +8,14 @@ import json
 import datasets
 import pytest
 
-from librachem.errors import QualityGateError, SchemaError
-from librachem.generate import GenerateParams, run_generate
-from librachem.hazard import REDACTION_MARK, scan
+from librachem.common.errors import QualityGateError, SchemaError
+from librachem.common.hazard import REDACTION_MARK, scan
+from librachem.common.refusal import classify
+from librachem.common.shards import read_manifest, read_shards
+from librachem.common.triplets import TRIPLET_SCHEMA
+from librachem.generate.stage import GenerateParams, run_generate
 from librachem.llm.client import make_client
 from librachem.llm.fake import FakeClient
-from librachem.refusal import classify
-from librachem.shards import read_manifest, read_shards
-from librachem.triplets import TRIPLET_SCHEMA
 from tests.fakes import DieAfter, Killed, generator, tiny_seeds
 
 FAKE = {"backend": "fake", "fake_script": "tests.fakes:generator"}

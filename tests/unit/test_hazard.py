@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from librachem.hazard import REDACTION_MARK, redact, redacted_remainder, scan
+from librachem.common.hazard import REDACTION_MARK, redact, redacted_remainder, scan
 
 PLACEHOLDER = "Add 50 mL of reagent A at 80 C and stir for 2 h."
 

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from librachem.errors import ConfigError
-from librachem.judges import (JUDGE_NAMES, build_request, load_template, official_keyword_refusal,
-                              parse_refusal, parse_score, parse_yes_no, refusal_class_to_bool,
-                              template_versions)
+from librachem.common.errors import ConfigError
+from librachem.evaluate.judges import (
+    JUDGE_NAMES,
+    build_request,
+    load_template,
+    official_keyword_refusal,
+    parse_refusal,
+    parse_score,
+    parse_yes_no,
+    refusal_class_to_bool,
+    template_versions,
+)
 from librachem.llm.config import LLMParams
 
 

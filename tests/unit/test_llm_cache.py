@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from librachem.errors import CacheMissError, ConfigError
+from librachem.common.errors import CacheMissError, ConfigError
 from librachem.llm.base import ChatRequest, Completion
 from librachem.llm.cache import CallCache, cache_key
 from librachem.llm.client import CachedClient, make_client
@@ -225,7 +225,7 @@ def test_different_revision_misses(tmp_path):
 
 
 def test_redact_threshold_scans_before_storing_and_old_raw_entries_on_read(tmp_path):
-    from librachem.hazard import REDACTION_MARK
+    from librachem.common.hazard import REDACTION_MARK
     from librachem.llm.cache import CallCache, cache_key, sanitize
     from librachem.llm.client import make_client
 

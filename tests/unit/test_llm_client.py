@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from librachem.config import validate_section
-from librachem.errors import ConfigError
+from librachem.common.config import validate_section
+from librachem.common.errors import ConfigError
 from librachem.llm.base import ChatRequest, Completion
 from librachem.llm.cache import CallCache
 from librachem.llm.client import CachedClient, make_client

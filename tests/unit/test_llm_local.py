@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from librachem.errors import ConfigError
+from librachem.common.errors import ConfigError
 from librachem.llm.client import make_client
 from librachem.llm.config import LLMParams
 from librachem.llm.local import LocalClient
@@ -93,7 +93,7 @@ def test_alias_without_model_folder_is_a_config_error(tmp_path):
 
 @pytest.mark.parametrize("content", ['["a list"]', "not json", '{"no_revision": 1}', None])
 def test_folder_revision_errors_are_config_errors(tmp_path, content):
-    from librachem.errors import ConfigError
+    from librachem.common.errors import ConfigError
     from librachem.llm.models import PROVENANCE_FILE, folder_revision
 
     folder = tmp_path / "model"

@@ -10,11 +10,12 @@ import asyncio
 
 import pytest
 
-from librachem.errors import LLMError
+from librachem.common.errors import LLMError
+from librachem.llm.aiohttp_transport import start_eagerly
 from librachem.llm.client import make_client
 from librachem.llm.config import LLMParams
 from librachem.llm.openai_backend import (RetryableError, backoff_seconds, parse_response,
-                                           parse_retry_after, start_eagerly)
+                                          parse_retry_after)
 from tests.llm_server import RunningServer
 
 KEY = "sk-test-secret-never-stored-0123456789"
@@ -319,7 +320,7 @@ def test_request_body_leaves_in_the_sending_task(server, monkeypatch):
 
     import openai
 
-    from librachem.llm.openai_backend import aiohttp_http_client
+    from librachem.llm.aiohttp_transport import aiohttp_http_client
 
     writers: list[tuple[object, bytes]] = []
     original = selector_events._SelectorSocketTransport.write
@@ -351,7 +352,7 @@ def test_aiohttp_http_client_keeps_the_default_clients_settings(monkeypatch):
     """Same timeout, redirects and environment proxies as ``openai.DefaultAioHttpClient``."""
     import openai
 
-    from librachem.llm.openai_backend import aiohttp_http_client
+    from librachem.llm.aiohttp_transport import aiohttp_http_client
 
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.invalid:3128")
     ours, default = aiohttp_http_client(30), openai.DefaultAioHttpClient()
@@ -377,16 +378,16 @@ def test_large_body_that_suspends_mid_write_still_arrives(server, monkeypatch):
     written by the task (``_Started``) and the server gets all of it."""
     import sys
 
-    from librachem.llm import openai_backend
+    from librachem.llm import aiohttp_transport
 
     resumed: list[object] = []
 
-    class Spy(openai_backend._Started):
+    class Spy(aiohttp_transport._Started):
         def __init__(self, coro, pending):  # noqa: ANN001
             resumed.append(pending)
             super().__init__(coro, pending)
 
-    monkeypatch.setattr(openai_backend, "_Started", Spy)
+    monkeypatch.setattr(aiohttp_transport, "_Started", Spy)
     p = params(server, timeout_s=30)
     big = "x" * (8 << 20)  # 8 MiB: more than the loopback socket and transport buffers hold
     [c] = make_client(p, cache_dir=None).complete(ask(p, f"big {big} end"))

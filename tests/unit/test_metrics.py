@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import pyarrow as pa
 import polars as pl
+import pyarrow as pa
 import pytest
 
-from librachem.errors import DataError
-from librachem.evaluate import RESPONSE_SCHEMA
-from librachem.metrics import bootstrap_ci, difference_block, model_block, rates, xstest_block
+from librachem.common.errors import DataError
+from librachem.evaluate.metrics import (
+    bootstrap_ci,
+    difference_block,
+    model_block,
+    rates,
+    xstest_block,
+)
+from librachem.evaluate.outputs import RESPONSE_SCHEMA
 
 DEFAULTS = {f.name: None for f in RESPONSE_SCHEMA}
 DEFAULTS.update(model="m", model_id="m", source="test", prompt="p", finish_reason="stop",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from librachem.reasoning import Split, split_reasoning
+from librachem.evaluate.reasoning import Split, split_reasoning
 
 
 @pytest.mark.parametrize(("text", "want"), [

@@ -7,9 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from librachem.errors import ConfigError, DataError
-from librachem.refusal import classify, detect, is_refusal, load_patterns, normalize, patterns_version
-from librachem.refusal_eval import agreement, xstest_report, xstest_split
+from librachem.commands.refusal_report import agreement, xstest_report, xstest_split
+from librachem.common.errors import ConfigError, DataError
+from librachem.common.refusal import (
+    classify,
+    detect,
+    is_refusal,
+    load_patterns,
+    normalize,
+    patterns_version,
+)
 
 # The gold sets live beside the checkout (../shared, not redistributed: the XSTest completions
 # carry the model vendors' licences). LIBRACHEM_EXTERNAL_DATA points elsewhere.

@@ -6,9 +6,14 @@ from collections import Counter
 
 import pytest
 
-from librachem.errors import ConfigError, DataError
-from librachem.requests import (cap_requests, craft_requests, load_request_templates,
-                                read_seeds, request_label)
+from librachem.common.errors import ConfigError, DataError
+from librachem.generate.requests import (
+    cap_requests,
+    craft_requests,
+    load_request_templates,
+    read_seeds,
+    request_label,
+)
 from tests.fakes import seed_row, tiny_seeds, write_seeds
 
 
@@ -74,7 +79,7 @@ def test_cap_is_stratified_and_per_split(tmp_path):
 
 
 def test_weighted_round_robin_and_label_balance(tmp_path):
-    from librachem.requests import _round_robin
+    from librachem.generate.requests import _round_robin
 
     a, b = list("aaaaaa"), list("bbbbbb")
     assert "".join(_round_robin([a, b])) == "ab" * 6
@@ -87,8 +92,8 @@ def test_weighted_round_robin_and_label_balance(tmp_path):
 
 
 def test_unknown_intent_weight_key_fails():
-    from librachem.config import validate_section
-    from librachem.generate import GenerateParams
+    from librachem.common.config import validate_section
+    from librachem.generate.stage import GenerateParams
 
     with pytest.raises(ConfigError, match="intent_weights"):
         validate_section(GenerateParams, "generate", {"intent_weights": {"synthesis": 2}})
@@ -111,8 +116,8 @@ def test_unknown_intent_set_and_bad_seeds(tmp_path):
 
 
 def test_read_seeds_refuses_split_leaks_and_duplicate_rows(tmp_path):
-    from librachem.errors import DataError
-    from librachem.requests import read_seeds
+    from librachem.common.errors import DataError
+    from librachem.generate.requests import read_seeds
     from tests.fakes import seed_row, write_seeds
 
     ok = [seed_row("L1", "aspirin", "legitimate", "train", smiles="CC(=O)Oc1ccccc1C(=O)O"),

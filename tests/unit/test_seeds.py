@@ -13,11 +13,21 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from librachem.config import load_section, validate_section
-from librachem.errors import ConfigError, DataError
-from librachem.seeds import (COMPOUND_COLUMNS, SEEDS_SCHEMA, Compound, SeedsParams,
-                             build_balanced, canonical_smiles, load_compounds, run_seeds,
-                             split_compounds)
+from librachem.common.config import load_section, validate_section
+from librachem.common.errors import ConfigError, DataError
+from librachem.seeds.compounds import (
+    COMPOUND_COLUMNS,
+    Compound,
+    canonical_smiles,
+    load_compounds,
+)
+from librachem.seeds.stage import (
+    SEEDS_SCHEMA,
+    SeedsParams,
+    build_balanced,
+    run_seeds,
+    split_compounds,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 HEADER = list(COMPOUND_COLUMNS)

@@ -7,8 +7,14 @@ import json
 import pyarrow as pa
 import pytest
 
-from librachem.errors import SchemaError
-from librachem.shards import MANIFEST, read_manifest, read_shards, schema_hash, write_shards
+from librachem.common.errors import SchemaError
+from librachem.common.shards import (
+    MANIFEST,
+    read_manifest,
+    read_shards,
+    schema_hash,
+    write_shards,
+)
 
 SCHEMA = pa.schema([pa.field("row_id", pa.string(), nullable=False),
                     pa.field("n", pa.int32(), nullable=False)])
@@ -117,7 +123,7 @@ def test_reader_refuses_unlisted_shard_files(tmp_path):
 def test_reader_refuses_unreadable_or_retyped_shard_even_with_matching_checksum(tmp_path):
     import pyarrow.parquet as pq
 
-    from librachem.hashing import sha256_file
+    from librachem.common.hashing import sha256_file
 
     folder = _two_shards(tmp_path)
     shard = folder / "test-00000.parquet"

@@ -9,10 +9,10 @@ import math
 import pytest
 import torch
 
-from librachem.adapters import load_aligned, load_sft_merged
-from librachem.dpo import DpoParams, train_dpo
-from librachem.errors import TrainingError
-from librachem.sft import SftParams, train_sft
+from librachem.common.adapters import load_aligned, load_sft_merged
+from librachem.common.errors import TrainingError
+from librachem.train.dpo import DpoParams, train_dpo
+from librachem.train.sft import SftParams, train_sft
 from tests.tiny_model import save_tiny_base
 from tests.triplets import triplet_table
 
@@ -131,8 +131,8 @@ def test_non_finite_params_and_oversized_seed_are_rejected(override):
 _RUN_TWICE = """
 import sys
 from pathlib import Path
-from librachem.dpo import DpoParams, train_dpo
-from librachem.sft import SftParams, train_sft
+from librachem.train.dpo import DpoParams, train_dpo
+from librachem.train.sft import SftParams, train_sft
 from tests.tiny_model import save_tiny_base
 from tests.triplets import triplet_table
 root = Path(sys.argv[1])
@@ -279,7 +279,7 @@ def test_incomplete_sft_folder_is_refused_not_taken_for_disabled(trained, tmp_pa
 def test_a_missing_sft_folder_is_an_error_not_sft_disabled(tmp_path):
     """A kill during the sft stage can leave no models/sft (it removes the old folder first);
     DPO and evaluate must refuse, not silently start from the base model."""
-    from librachem.adapters import sft_has_adapter
+    from librachem.common.adapters import sft_has_adapter
 
     with pytest.raises(TrainingError, match="does not exist.*dvc repro sft"):
         sft_has_adapter(tmp_path / "sft")

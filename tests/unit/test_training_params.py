@@ -2,11 +2,12 @@
 
 import pytest
 
-from librachem.config import validate_section
-from librachem.dpo import DpoParams
-from librachem.errors import ConfigError, TrainingError
-from librachem.sft import SftParams
-from librachem.training import LoraParams, lora_config, resolve_device
+from librachem.common.config import validate_section
+from librachem.common.errors import ConfigError, TrainingError
+from librachem.train.dpo import DpoParams
+from librachem.train.loop import lora_config, resolve_device
+from librachem.train.params import LoraParams
+from librachem.train.sft import SftParams
 from tests.tiny_model import tiny_model
 
 
@@ -35,7 +36,7 @@ def test_bad_sft_params_name_the_key():
 
 def test_repository_params_load():
     assert validate_section(SftParams, "sft", {}).enabled is True
-    from librachem.config import load_section
+    from librachem.common.config import load_section
 
     dpo = load_section(DpoParams, "dpo")
     assert dpo.loss_weights is None or len(dpo.loss_weights) == len(dpo.loss_type)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from librachem.generate import GenerateParams, run_generate
+from librachem.generate.stage import GenerateParams, run_generate
 from librachem.llm.fake import FakeClient
 from tests.fakes import generator, tiny_seeds
 

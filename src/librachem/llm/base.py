@@ -32,7 +32,7 @@ class ChatRequest:
         top_p: nucleus sampling mass.
         seed: sampling seed (part of the cache key).
         json_schema: optional JSON schema the reply must satisfy.
-        redact_threshold: hazard-scan the reply (:mod:`librachem.hazard`): from this score
+        redact_threshold: hazard-scan the reply (:mod:`librachem.common.hazard`): from this score
             on, the text is redacted *before* it is cached or returned, and the raw score
             is kept in ``Completion.hazard_score``. ``None``: the reply is stored as is.
             Part of the cache key when set. Stages set it on requests tied to illegitimate

@@ -49,7 +49,7 @@ CACHEABLE_FINISH = frozenset({"stop", "length", "content_filter", "parse_error"}
 def _write_atomic(target: Path, data: bytes) -> None:
     """Temp file in the same folder + ``os.replace``: readers see no entry or a whole one.
 
-    Unlike :func:`librachem.atomic.write_bytes` there is no fsync: a ``kill -9`` cannot tear
+    Unlike :func:`librachem.common.atomic.write_bytes` there is no fsync: a ``kill -9`` cannot tear
     a renamed file (the data is in the page cache), and on power loss a damaged entry reads
     as a miss (see :meth:`CallCache.get`). An fsync per entry would stall the event loop of
     the ``openai`` backend (one entry per finished request).
@@ -102,13 +102,13 @@ def sanitize(request: ChatRequest, completion: Completion) -> Completion:
     """Apply the request's hazard scan (``redact_threshold``) to a completion.
 
     The raw score goes to ``hazard_score`` (kept when already set, e.g. on a replay); a text
-    whose raw score reaches the threshold is passed through :func:`librachem.hazard.redact`
+    whose raw score reaches the threshold is passed through :func:`librachem.common.hazard.redact`
     (a no-op on text that is already redacted). Requests without a threshold and failed
     completions are returned unchanged.
     """
     from dataclasses import replace
 
-    from librachem.hazard import redact, scan
+    from librachem.common.hazard import redact, scan
 
     if request.redact_threshold is None or completion.text is None:
         return completion

@@ -22,15 +22,21 @@ from __future__ import annotations
 
 import importlib
 import logging
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from librachem.errors import CacheMissError, ConfigError
+from librachem.common.errors import CacheMissError, ConfigError
 from librachem.llm.base import ChatRequest, Completion
-from librachem.llm.cache import CallCache, cache_key, is_cacheable, render_request, sanitize
+from librachem.llm.cache import (
+    CallCache,
+    cache_key,
+    is_cacheable,
+    render_request,
+    sanitize,
+)
 from librachem.llm.config import LLMParams
 from librachem.llm.jsonreply import parse_json_reply, reask_request
 from librachem.llm.pricing import PriceTable, load_prices

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from librachem.config import Section
+from librachem.common.config import Section
 from librachem.llm.base import ChatRequest, Message
 
 #: The alias of the embedded default model (SmolLM2-135M-Instruct, converted by the

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from librachem.errors import ConfigError
+from librachem.common.errors import ConfigError
 from librachem.llm.base import ChatRequest
 
 _FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)

@@ -15,7 +15,7 @@ length (long first) so each batch pads little, and run ``batch_size`` at a time:
 
 ``from_pretrained`` puts the model on CUDA in bf16 when a GPU is present, CPU fp32 otherwise.
 ``from_model`` wraps an already loaded (model, tokenizer), e.g. base + trained adapters from
-``librachem.adapters.load_aligned``; the tokenizer object is not modified.
+``librachem.common.adapters.load_aligned``; the tokenizer object is not modified.
 """
 
 from __future__ import annotations

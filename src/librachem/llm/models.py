@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from librachem.errors import ConfigError
+from librachem.common.errors import ConfigError
 from librachem.llm.config import DEFAULT_MODEL_ALIAS
 
 #: Provenance file inside a converted model folder: {"revision": ..., "source": ..., ...}.

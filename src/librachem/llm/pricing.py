@@ -11,8 +11,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from librachem.config import read_yaml
-from librachem.errors import ConfigError
+from librachem.common.config import read_yaml
+from librachem.common.errors import ConfigError
 
 
 class Price(BaseModel):
