@@ -125,7 +125,7 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
         completions, gen_records[name] = generate_local(
             name, loader, prompts, params.generation,
             identity=model_identity(name, paths, place.dtype), cache_dir=paths.cache_dir,
-            replay_only=paths.replay_only)
+            replay_only=False)  # replay-only guards paid endpoints; local models may answer
         rows += [response_row(name, p, c, params.reasoning) for p, c in zip(prompts, completions)]
     llm_stats: dict[str, Any] = {}
     for bl in params.baselines:
