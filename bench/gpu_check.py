@@ -94,6 +94,7 @@ class Recorder:
     def __init__(self) -> None:
         self.models: list[tuple[str, dict[str, Any]]] = []
         self.step_times: list[float] = []
+        self.context = "train"
         self._t = 0.0
 
     def install(self) -> None:
@@ -104,11 +105,15 @@ class Recorder:
 
         def load_sft_merged(*a: Any, **kw: Any) -> Any:
             model = merged(*a, **kw)
-            self.models.append(("train", describe(model)))
+            self.models.append((self.context, describe(model)))
             return model
 
         def load_aligned(*a: Any, **kw: Any) -> Any:
-            model, tok = aligned(*a, **kw)
+            self.context = "eval-base"  # load_aligned's own load_sft_merged call
+            try:
+                model, tok = aligned(*a, **kw)
+            finally:
+                self.context = "train"
             self.models.append(("eval", describe(model)))
             return model, tok
 
@@ -142,7 +147,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dry-run", action="store_true", help="CPU, tiny model, fp32, no QLoRA")
     ap.add_argument("--layers", type=int, default=8, help="transformer blocks of the 32")
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--prompts", type=int, default=64, help="evaluate prompts")
