@@ -76,3 +76,20 @@ def test_require_keys_names_all_and_skips_replay():
     with pytest.raises(LLMError, match="a: LIBRACHEM_NO_SUCH_A"):
         require_keys(blocks)
     require_keys(blocks, replay_only=True)
+
+
+def test_paper_profile_is_the_paper_and_the_pilot_is_small():
+    from librachem.commands.profiles import apply_profile
+    from librachem.common.config import read_yaml
+
+    p = apply_profile(read_yaml(ROOT / "params.yaml"), "paper")
+    assert p["dpo"]["loss_type"] == ["sigmoid"] and p["dpo"]["loss_weights"] is None
+    assert p["dpo"]["beta"] == 0.1
+    for stage in ("sft", "dpo"):  # one epoch over every row, not the paper's ~2%
+        assert p[stage]["max_steps"] == -1 and p[stage]["epochs"] == 1.0
+        assert p[stage]["max_rows"] == 0 and p[stage]["qlora"] is True
+    assert p["generate"]["model_dep"] == p["augment"]["model_dep"] == "src/librachem/llm"
+    pilot = apply_profile(p, "pilot")
+    assert sum(pilot["generate"]["max_requests"].values()) <= 200
+    assert pilot["dpo"]["loss_type"] == ["sigmoid"] and pilot["sft"]["max_steps"] == 30
+    assert pilot["evaluate"]["xstest"]["enabled"] is False
