@@ -3,7 +3,8 @@
 The ``dpo`` stage trains its adapter on top of ``base + SFT`` with the SFT adapter merged into the
 fp32 base weights (so the DPO reference, "the policy with the DPO adapter disabled", is exactly the
 SFT model). :func:`load_aligned` rebuilds the same thing: merge the SFT adapter in fp32, then apply
-the DPO adapter. It refuses a DPO adapter that was trained on a different SFT adapter (or on none)
+the DPO adapter (on a GPU: in bf16; under QLoRA training: merged into the 4-bit layers, see
+:func:`load_sft_merged`). It refuses a DPO adapter that was trained on a different SFT adapter (or on none)
 than the one given, since the result would be a model nobody trained.
 """
 
