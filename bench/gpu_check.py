@@ -283,6 +283,10 @@ def main() -> int:
     result["models_checked"] = [f"{k}:{','.join(d['devices'])}:{'/'.join(d['dtypes'])}"
                                 f":4bit={d['linear4bit']}" for k, d in rec.models]
     result["total_s"] = round(time.perf_counter() - t0, 1)
+    if args.work is None:  # a temp folder: two copies of the model (GBs on a GPU run)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(result))
     return 0
 
