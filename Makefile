@@ -9,9 +9,9 @@ BIN := $(VENV)/bin
 SPEC_HASH := $(shell cat pyproject.toml | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(SPEC_HASH)
 export DVC_NO_ANALYTICS := 1
-export HF_HUB_OFFLINE := 1
-export TRANSFORMERS_OFFLINE := 1
-export HF_DATASETS_OFFLINE := 1
+# The Hugging Face offline switches are not exported here: the stages default them to "1"
+# (src/librachem/common/stagecli.py) without overriding your own environment, and the
+# base_model stage lifts that default to download a hub id (README "Scaling up").
 export TOKENIZERS_PARALLELISM := false
 # dvc.yaml runs `python stages/<name>.py`: the project's venv comes first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)

@@ -36,8 +36,10 @@ def main(params_path: Path, triplets_dir: Path, out_dir: Path, test_out_dir: Pat
          metrics_path: Path, cache_dir: Path, base_model_dir: Path, replay_only: bool) -> None:
     """Rephrase prompts and answers of the train split, guard, combine, dedup, decontaminate."""
     from librachem.llm.client import make_client
+    from librachem.llm.keys import require_keys
 
     params = load_section(AugmentParams, "augment", params_path)
+    require_keys([("augment.rephraser", params.rephraser)], replay_only=replay_only)
     client = make_client(params.rephraser, cache_dir=cache_dir, replay_only=replay_only,
                          local_model_dir=base_model_dir)
     metrics = run_augment(triplets_dir, out_dir, test_out_dir, metrics_path, params, client)

@@ -18,7 +18,8 @@ from librachem.common.stagecli import stage_main
               default=Path("models/base"), show_default=True, help="output HF model folder")
 @stage_main
 def main(params_path: Path, out_dir: Path) -> None:
-    """Write the fp32 Hugging Face folder of SmolLM2-135M-Instruct (offline, ~20 s)."""
+    """Write models/base: the embedded SmolLM2-135M-Instruct as fp32 (offline, ~20 s), or
+    base_model.pretrained (hub id or folder) with its weights as stored."""
     params = load_section(BaseModelParams, "base_model", params_path)
     convert_base_model(params, out_dir)
 

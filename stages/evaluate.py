@@ -46,7 +46,7 @@ _DIR = click.Path(file_okay=False, path_type=Path)
 @click.option("--plots", "plots_dir", type=_DIR, default=Path("metrics/eval_plots"),
               show_default=True)
 @click.option("--cache-dir", type=_DIR, default=Path(".llm-cache"), show_default=True,
-              help="LLM call cache (judges and baselines)")
+              help="LLM call cache (judges, baselines and the local models' answers)")
 @click.option("--replay-only", is_flag=True, envvar="LIBRACHEM_REPLAY_ONLY",
               help="fail on any LLM call-cache miss (or set LIBRACHEM_REPLAY_ONLY=1)")
 @stage_main

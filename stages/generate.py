@@ -34,8 +34,10 @@ def main(params_path: Path, seeds_path: Path, out_dir: Path, metrics_path: Path,
          cache_dir: Path, base_model_dir: Path, replay_only: bool) -> None:
     """Craft requests from the seeds, have the generator answer them, write triplet shards."""
     from librachem.llm.client import make_client
+    from librachem.llm.keys import require_keys
 
     params = load_section(GenerateParams, "generate", params_path)
+    require_keys([("generate.generator", params.generator)], replay_only=replay_only)
     client = make_client(params.generator, cache_dir=cache_dir, replay_only=replay_only,
                          local_model_dir=base_model_dir)
     metrics = run_generate(seeds_path, out_dir, metrics_path, params, client)

@@ -7,7 +7,8 @@ Sub-commands here are user tools that run outside the DVC pipeline (the stages l
 Commands:
     judge-refusals  add a boolean ``refused`` column to a CSV with the rule-tier refusal
                     detector (:mod:`librachem.common.refusal`); offline, no model.
-    check-params    validate every params.yaml section.
+    check-params    validate every params.yaml section and check the machine has what they
+                    need (GPU + bitsandbytes for QLoRA, API keys, HF_TOKEN for a hub id).
     profile         apply a packaged params profile (``paper``: paper scale) to params.yaml.
     refusal-report  accuracy, Cohen's kappa and per-class F1 of that detector on XSTest's
                     human-labelled completions (and the OpenAI RBR gold set), as JSON.
@@ -92,13 +93,26 @@ def refusal_report(xstest_csv: Path | None, rbr_jsonl: tuple[Path, ...], pattern
 @main.command("check-params")
 @click.option("--params", "params_path", default=Path("params.yaml"), show_default=True,
               type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--params-only", is_flag=True,
+              help="Validate the values only; skip the machine checks (GPU, bitsandbytes, "
+                   "API keys, HF_TOKEN).")
 @stage_main
-def check_params(params_path: Path) -> None:
-    """Validate every section of a params file (what each stage checks before any work)."""
+def check_params(params_path: Path, params_only: bool) -> None:
+    """Validate every section of a params file (what each stage checks before any work), then
+    check that this machine has what those params need (exit 1 naming each missing one)."""
+    from librachem.commands.prereqs import missing_prerequisites
     from librachem.common.config import read_yaml, validate_all
+    from librachem.common.errors import ConfigError
 
     sections = validate_all(read_yaml(params_path))
     click.echo(f"{params_path}: {len(sections)} sections valid ({', '.join(sections)})")
+    if params_only:
+        return
+    missing = missing_prerequisites(sections)
+    if missing:
+        raise ConfigError("missing prerequisites for these params:\n  - "
+                          + "\n  - ".join(missing))
+    click.echo("prerequisites: all present (GPU, packages, API keys, HF_TOKEN as needed)")
 
 
 @main.command("profile")

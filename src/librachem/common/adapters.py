@@ -3,7 +3,8 @@
 The ``dpo`` stage trains its adapter on top of ``base + SFT`` with the SFT adapter merged into the
 fp32 base weights (so the DPO reference, "the policy with the DPO adapter disabled", is exactly the
 SFT model). :func:`load_aligned` rebuilds the same thing: merge the SFT adapter in fp32, then apply
-the DPO adapter. It refuses a DPO adapter that was trained on a different SFT adapter (or on none)
+the DPO adapter (on a GPU: in bf16; under QLoRA training: merged into the 4-bit layers, see
+:func:`load_sft_merged`). It refuses a DPO adapter that was trained on a different SFT adapter (or on none)
 than the one given, since the result would be a model nobody trained.
 """
 
@@ -94,11 +95,22 @@ def adapter_digest(adapter_dir: Path | str | None) -> str | None:
     return sha256_file(weights)
 
 
-def load_sft_merged(base_dir: Path | str, sft_dir: Path | str | None = None) -> Any:
-    """fp32 base model with the SFT adapter (if any) merged into its weights.
+def load_sft_merged(base_dir: Path | str, sft_dir: Path | str | None = None, *,
+                    dtype: Any = None, device_map: Any = None,
+                    quantization_config: Any = None) -> Any:
+    """Base model with the SFT adapter (if any) merged into its weights.
+
+    Args:
+        dtype: torch dtype to load and merge in (default fp32: the CPU path). On a GPU, bf16
+            (the stored dtype of an 8B base; half the memory of fp32).
+        device_map: passed to ``from_pretrained`` (e.g. ``{"": local_rank}``); None = CPU.
+        quantization_config: a ``BitsAndBytesConfig`` (QLoRA): the stored weights are
+            quantized while loading (no re-save) and the SFT adapter is merged by PEFT into
+            the 4-bit layers (each layer dequantized, the LoRA delta added in ``dtype``,
+            re-quantized; PEFT warns of the rounding).
 
     Returns:
-        A plain ``PreTrainedModel`` (no PEFT wrapper), fp32, eval mode.
+        A plain ``PreTrainedModel`` (no PEFT wrapper), eval mode.
 
     Raises:
         TrainingError: ``base_dir`` is not a model folder.
@@ -109,7 +121,12 @@ def load_sft_merged(base_dir: Path | str, sft_dir: Path | str | None = None) -> 
     if not (Path(base_dir) / "config.json").is_file():
         raise TrainingError(f"{base_dir}: not a Hugging Face model folder (no config.json); "
                             "run the base_model stage first")
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    kwargs: dict[str, Any] = {}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or torch.float32, **kwargs)
     if sft_has_adapter(sft_dir):
         model = apply_adapter(model, sft_dir).merge_and_unload()
         log.info("merged SFT adapter %s into %s", sft_dir, base_dir)
@@ -125,7 +142,7 @@ def _tokenizer_dir(*dirs: Path | str | None) -> Path:
 
 def load_aligned(base_dir: Path | str, sft_dir: Path | str | None = None,
                  dpo_dir: Path | str | None = None, *, merge: bool = True,
-                 dtype: Any = None) -> tuple[Any, Any]:
+                 dtype: Any = None, device: str | None = None) -> tuple[Any, Any]:
     """Load the aligned model: base + SFT (merged) + DPO adapter.
 
     Args:
@@ -135,7 +152,10 @@ def load_aligned(base_dir: Path | str, sft_dir: Path | str | None = None,
         dpo_dir: the ``dpo`` stage output (``models/dpo``), or None for the SFT-only model.
         merge: merge the DPO adapter into the weights too (faster inference); False keeps a
             ``PeftModel`` (e.g. to compare with the adapter disabled).
-        dtype: cast the composed model to this torch dtype (composition is always done in fp32).
+        dtype: cast the composed model to this torch dtype (composition is done in fp32),
+            or, with ``device``, the dtype to load and compose in.
+        device: ``"cuda"``: load the base straight onto the GPU in ``dtype`` (bf16: no fp32
+            copy in host memory) and compose there; None = CPU (composition in fp32).
 
     Returns:
         (model in eval mode, tokenizer). The tokenizer comes from the last adapter folder, so it
@@ -154,7 +174,10 @@ def load_aligned(base_dir: Path | str, sft_dir: Path | str | None = None,
             raise TrainingError(
                 f"{dpo_dir} was trained on top of SFT adapter {str(trained_on)[:12]} but the SFT "
                 f"folder given ({sft_dir}) holds {str(given)[:12]}; pass the sft_dir used in training")
-    model = load_sft_merged(base_dir, sft_dir)
+    if device is not None:
+        model = load_sft_merged(base_dir, sft_dir, dtype=dtype, device_map=device)
+    else:
+        model = load_sft_merged(base_dir, sft_dir)
     if has_adapter(dpo_dir):
         model = apply_adapter(model, dpo_dir)
         if merge:

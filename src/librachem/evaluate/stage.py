@@ -98,8 +98,17 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     from librachem.evaluate.judges import template_versions
     from librachem.llm.client import make_client
 
+    from librachem.common.devices import inference_placement
+    from librachem.evaluate.generation import model_identity
+    from librachem.llm.keys import require_keys
+
     t0 = time.perf_counter()
     remove_outputs(paths)
+    # every endpoint's key before any generation (a missing judge key used to surface only
+    # after all local models had answered)
+    require_keys([("evaluate.judge.llm", params.judge.llm),
+                  *((f"evaluate.baselines[{b.name}].llm", b.llm) for b in params.baselines)],
+                 replay_only=paths.replay_only)
     prompts = load_prompts(paths.triplets, paths.rephrased, params.prompts)
     n_all = len(prompts)
     prompts = stratified_sample(prompts, params.prompts.max_prompts, params.prompts.seed)
@@ -108,11 +117,15 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     log.info("evaluating on %d prompts (%d test/rephrased available)", len(prompts), n_all)
 
     local, skipped = available_models(params, paths)
-    loader = loader or local_loader(paths)
+    place = inference_placement()
+    loader = loader or local_loader(paths, place)
     rows: list[dict] = []
     gen_records: dict[str, Any] = {}
     for name in local:
-        completions, gen_records[name] = generate_local(name, loader, prompts, params.generation)
+        completions, gen_records[name] = generate_local(
+            name, loader, prompts, params.generation,
+            identity=model_identity(name, paths, place.dtype), cache_dir=paths.cache_dir,
+            replay_only=False)  # replay-only guards paid endpoints; local models may answer
         rows += [response_row(name, p, c, params.reasoning) for p, c in zip(prompts, completions)]
     llm_stats: dict[str, Any] = {}
     for bl in params.baselines:
@@ -181,8 +194,10 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     }
     runtime = {
         "wall_s": time.perf_counter() - t0,
-        "generation": {name: {k: rec[k] for k in ("load_s", "generate_s", "tokens_per_s")}
+        "generation": {name: {k: rec[k] for k in ("load_s", "generate_s", "tokens_per_s",
+                                                  "cache_hits")}
                        for name, rec in gen_records.items()},
+        "placement": {"device": place.device, "dtype": place.dtype},
         "llm": llm_stats,
     }
     write_json(paths.out_dir / "eval_config.json", record)

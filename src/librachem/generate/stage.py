@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from librachem.common.atomic import write_json
 from librachem.common.config import Section
@@ -62,6 +62,7 @@ from librachem.generate.requests import (
 from librachem.llm.base import ChatRequest, Completion
 from librachem.llm.batching import complete_in_chunks, render_key
 from librachem.llm.config import LLMParams
+from librachem.llm.models import check_model_dep
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,13 @@ class GenerateParams(Section):
     max_drop_rate: the stage fails above this share of dropped requests.
     max_llm_failure_rate: the stage fails above this share of LLM calls that failed for good
     (transport errors after retries, 4xx): template fallbacks must not hide a dead generator.
+    model_dep: the local model folder ``dvc.yaml`` makes this stage depend on
+    (``${generate.model_dep}``): ``models/base`` (the default) when the generator is the local
+    model; with a backend that needs no local model (``openai``, ``fake``) set it to a path
+    the stage depends on anyway (``src/librachem/llm``), so ``dvc repro`` starts the stage
+    without running (or downloading) ``base_model``. DVC templating cannot drop a dep by a
+    condition; a repeated dep is allowed. The local backend with the alias needs
+    ``models/base``.
     """
 
     seed: int = Field(default=13, ge=0)
@@ -133,6 +141,12 @@ class GenerateParams(Section):
     max_drop_rate: float = Field(default=0.5, ge=0.0, le=1.0)
     max_llm_failure_rate: float = Field(default=0.2, ge=0.0, le=1.0)
     rows_per_shard: int = Field(default=1000, ge=1, le=10_000_000)
+    model_dep: str = Field(default="models/base", min_length=1)
+
+    @model_validator(mode="after")
+    def _model_dep(self) -> GenerateParams:
+        check_model_dep(self.generator, self.model_dep, "generate")
+        return self
 
     @field_validator("intent_weights")
     @classmethod

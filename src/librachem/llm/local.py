@@ -78,14 +78,12 @@ class LocalClient:
     def from_pretrained(cls, location: str, *, batch_size: int = 8,
                         model_id: str | None = None) -> LocalClient:
         """Load a folder or hub id: CUDA + bf16 when available, else CPU fp32."""
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if torch.cuda.is_available():
-            device = "cuda"
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            device, dtype = "cpu", torch.float32
+        from librachem.common.devices import inference_placement
+
+        place = inference_placement()
+        device, dtype = place.device, place.torch_dtype
         tokenizer = AutoTokenizer.from_pretrained(location)
         model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype).to(device)
         log.info("loaded %s on %s (%s)", location, device, dtype)

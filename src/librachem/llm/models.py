@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from librachem.common.errors import ConfigError
-from librachem.llm.config import DEFAULT_MODEL_ALIAS
+from librachem.llm.config import DEFAULT_MODEL_ALIAS, LLMParams
 
 #: Provenance file inside a converted model folder: {"revision": ..., "source": ..., ...}.
 PROVENANCE_FILE = "librachem_model.json"
@@ -81,3 +81,25 @@ def resolve_model(model: str, *, revision: str | None, local_model_dir: Path | N
     if path.is_dir():
         return ResolvedModel(str(path), revision or folder_revision(path))
     return ResolvedModel(model, revision or "")
+
+
+#: The folder the ``base_model`` stage writes (the alias resolves to it in the pipeline).
+BASE_MODEL_DIR = "models/base"
+
+
+def check_model_dep(params: LLMParams, model_dep: str, section: str) -> None:
+    """Check a stage's ``model_dep`` (the local model folder its ``dvc.yaml`` entry depends on,
+    ``${<section>.model_dep}``) against its LLM block: the local backend with the alias needs
+    ``models/base``; a local folder model needs that folder.
+
+    Raises:
+        ValueError: (inside a pydantic validator) the dependency would not cover the model.
+    """
+    if params.backend != "local":
+        return
+    needed = BASE_MODEL_DIR if params.model == DEFAULT_MODEL_ALIAS else params.model
+    if Path(needed).is_dir() or params.model == DEFAULT_MODEL_ALIAS:
+        if Path(model_dep) != Path(needed):
+            raise ValueError(f"{section}.model_dep = {model_dep!r}, but the local backend reads "
+                             f"{needed!r}: set {section}.model_dep: {needed} (dvc.yaml makes "
+                             "the stage depend on it)")

@@ -107,17 +107,57 @@ def trl_common_args(params: TrainParams, out_dir: Path, device: dict[str, Any]) 
     )
 
 
-def quantize_4bit(model: Any, tokenizer: Any, work_dir: Path) -> Any:
-    """Reload ``model`` with 4-bit NF4 weights (QLoRA; CUDA only, bf16 compute), via a temporary
-    save. The paper's official code trains its adapters on a 4-bit NF4 base the same way."""
+def bnb_4bit_config() -> Any:
+    """QLoRA's quantization: NF4 weights, double quantization, bf16 compute; the embeddings
+    and the LM head are not quantized (bitsandbytes skips ``lm_head``; embeddings are not
+    linear layers) and load in bf16. The paper's official code trains on a 4-bit NF4 base too."""
     import torch
-    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig
 
-    tmp = Path(work_dir) / "qlora-base"
-    model.save_pretrained(tmp)
-    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                               bnb_4bit_compute_dtype=torch.bfloat16)
-    return AutoModelForCausalLM.from_pretrained(tmp, quantization_config=quant, device_map={"": 0})
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16,
+                              bnb_4bit_quant_storage=torch.bfloat16)
+
+
+def local_rank() -> int:
+    """This process's GPU index on its machine (0 alone; the rank under ``accelerate launch``)."""
+    from accelerate import PartialState
+
+    return PartialState().local_process_index
+
+
+def load_kwargs(params: TrainParams, device: dict[str, Any]) -> dict[str, Any]:
+    """How the base model is loaded for training (:func:`~librachem.common.adapters.load_sft_merged`).
+
+    * CPU: nothing (fp32, as the embedded default always did).
+    * GPU, ``qlora``: the stored weights quantized while loading (:func:`bnb_4bit_config`, no
+      temporary re-save), bf16 elsewhere, on this rank's own GPU (``device_map={"": local
+      rank}``: under DDP every rank on its own GPU, not all on GPU 0).
+    * GPU, ``precision: bf16``: bf16 straight from the stored weights (no fp32 copy in host
+      memory); the trainer places it (DDP / FSDP / ZeRO-3).
+    * GPU, fp32: fp32.
+    """
+    import torch
+
+    if device["device"] != "cuda":
+        return {}
+    if params.qlora:
+        return {"dtype": torch.bfloat16, "quantization_config": bnb_4bit_config(),
+                "device_map": {"": local_rank()}}
+    return {"dtype": torch.bfloat16 if device["bf16"] else torch.float32}
+
+
+def fsdp_rank_loads_nothing() -> bool:
+    """True on local ranks > 0 under FSDP with ``fsdp_cpu_ram_efficient_loading`` (the
+    packaged ``fsdp.yaml``): transformers loads the weights on local rank 0 only (the others
+    hold empty tensors and receive rank 0's at wrap time), so host memory holds about one model,
+    and only rank 0 merges the SFT adapter."""
+    import os
+
+    efficient = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() in {"1", "true"}
+    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in {"1", "true"}
+    return fsdp and efficient and local_rank() > 0
 
 
 # ---------------------------------------------------------------- curves and records
@@ -264,8 +304,6 @@ def fit(make_trainer: Any, *, model: Any, tokenizer: Any, params: TrainParams,
     import tempfile
 
     with tempfile.TemporaryDirectory() as work:
-        if params.qlora:
-            model = quantize_4bit(model, tokenizer, Path(work))
         peft_config = lora_config(params.lora, model)
         common = trl_common_args(params, Path(work) / "trainer", device)
         history: list[dict[str, float]] = []
@@ -308,7 +346,8 @@ def train_adapter(run: AdapterRun, params: TrainParams, table: Any, base_dir: Pa
                   sft_dir: Path | None, out_dir: Path, live_dir: Path,
                   is_main: bool) -> dict[str, Any]:
     """One LoRA run, the same for SFT and DPO: the train rows, the chat-formatted dataset,
-    the model (base + SFT adapter merged in fp32, :func:`~librachem.common.adapters.load_sft_merged`),
+    the model (base + SFT adapter merged, :func:`~librachem.common.adapters.load_sft_merged`,
+    loaded as :func:`load_kwargs` says),
     :func:`fit` (LoRA, template check, train) and the atomic save of the adapter folder with its
     effective config and model card.
 
@@ -346,12 +385,10 @@ def train_adapter(run: AdapterRun, params: TrainParams, table: Any, base_dir: Pa
     dataset = Dataset.from_list([{"prompt": user_turn(r["prompt"]),
                                   **{col: assistant_turn(r[key]) for col, key in run.fields.items()}}
                                  for r in rows])
-    model = load_sft_merged(base_dir, sft_dir).train()
-    if device["device"] == "cuda" and device["bf16"] and not params.qlora:
-        # Frozen merged weights in bf16 on GPU (half the memory); LoRA weights stay fp32 (PEFT).
-        import torch
-
-        model = model.to(torch.bfloat16)
+    # bf16 / 4-bit straight from the stored weights on a GPU, fp32 on the CPU (load_kwargs);
+    # under QLoRA PEFT merges the SFT adapter into the 4-bit layers (see load_sft_merged).
+    model = load_sft_merged(base_dir, None if fsdp_rank_loads_nothing() else sft_dir,
+                            **load_kwargs(params, device)).train()
 
     def make_trainer(model: Any, common: dict[str, Any], peft_config: Any,
                      callbacks: list[Any]) -> Any:
