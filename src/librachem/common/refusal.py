@@ -265,7 +265,7 @@ def detect(text: str | None, patterns: PatternSet | None = None) -> Verdict:
             return refusal("strong", idx, start)
         # Late refusal phrase: a refusal after a longer preamble, or a caveat inside an
         # answer that has already started. Answer cues before it make it ambiguous.
-        c_idx, c_start = _first(ps.compliance, window[:start])
+        c_idx, _ = _first(ps.compliance, window[:start])
         if c_idx < 0:
             return refusal("strong", idx, start)
         return Verdict("unsure", "late", idx, start, evidence)
