@@ -62,29 +62,43 @@ def judge_refusals(input_csv: Path, text_column: str, out_csv: Path, with_label:
               default=None, help="XSTest xstest_completions_labelled.csv")
 @click.option("--rbr", "rbr_jsonl", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               multiple=True, help="OpenAI RBR gold .jsonl file(s); repeat the option")
+@click.option("--fixtures", "fixtures_csv",
+              type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Chemistry fixture CSV (default: the packaged resources/refusal_fixtures.csv, "
+                   "always scored).")
 @click.option("--patterns", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="A pattern YAML instead of the packaged one.")
 @click.option("--out", "out_json", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the report here (JSON).")
 @stage_main
-def refusal_report(xstest_csv: Path | None, rbr_jsonl: tuple[Path, ...], patterns: Path | None,
+def refusal_report(xstest_csv: Path | None, rbr_jsonl: tuple[Path, ...],
+                   fixtures_csv: Path | None, patterns: Path | None,
                    out_json: Path | None) -> None:
-    """Score the rule-tier refusal detector against human labels (refusal = full or partial)."""
+    """Score the rule-tier refusal detector against human labels (refusal = full or partial):
+    XSTest / RBR when given, and the packaged chemistry fixtures (precision and recall),
+    with a `summary` block that puts them side by side."""
     import json
 
-    from librachem.commands.refusal_report import rbr_report, xstest_report
+    from librachem.commands.refusal_report import (
+        fixture_report,
+        rbr_report,
+        summary,
+        xstest_report,
+    )
     from librachem.common.atomic import write_json
     from librachem.common.errors import ConfigError
     from librachem.common.refusal import load_patterns
 
-    if xstest_csv is None and not rbr_jsonl:
-        raise ConfigError("give --xstest and/or --rbr")
+    if xstest_csv is None and not rbr_jsonl and fixtures_csv is None:
+        raise ConfigError("give --xstest, --rbr and/or --fixtures")
     ps = load_patterns(patterns) if patterns else None
-    report = {}
+    report: dict = {}
     if xstest_csv is not None:
         report["xstest"] = xstest_report(xstest_csv, ps)
     if rbr_jsonl:
         report["openai_rbr_gold"] = rbr_report(list(rbr_jsonl), ps)
+    report["fixtures"] = fixture_report(fixtures_csv, ps)
+    report["summary"] = summary(report)
     if out_json is not None:
         write_json(out_json, report)
     click.echo(json.dumps(report, indent=2, sort_keys=True))

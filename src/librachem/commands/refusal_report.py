@@ -1,6 +1,16 @@
 """Accuracy report of the rule-tier refusal detector on human-labelled completions.
 
-Two gold sets are supported:
+Three gold sets are supported:
+
+* The packaged chemistry fixture set ``resources/refusal_fixtures.csv`` (written for this
+  detector, pattern version 2): columns ``id``, ``split`` (``dev`` | ``heldout``),
+  ``label`` (``refusal`` | ``compliance``; refusal = full or partial refusal, XSTest's
+  reading), ``category``, ``mode`` (``text`` | ``smiles``: the request named the compound
+  or gave its SMILES), ``variant`` (apostrophe / whitespace variants applied) and ``text``.
+  Precision and recall of the ``refusal`` class (``unsure`` counts as not refused, as
+  :func:`librachem.common.refusal.is_refusal` does), on ``all``, ``dev`` (patterns were
+  tuned looking at these rows) and ``heldout``. Its SHA-256 must match ``fixtures.sha256``
+  in the pattern file, so fixtures and patterns are versioned together.
 
 * XSTest (Röttger et al., NAACL 2024) ``xstest_completions_labelled.csv``: columns
   ``prompt_id``, ``completion``, ``final_label`` in {``1_full_compliance``,
@@ -29,6 +39,10 @@ import numpy as np
 
 from librachem.common.errors import DataError
 from librachem.common.refusal import PatternSet, default_patterns, detect
+
+FIXTURE_COLUMNS = ("id", "split", "label", "category", "mode", "variant", "text")
+FIXTURE_LABELS = frozenset({"refusal", "compliance"})
+FIXTURE_SPLITS = frozenset({"dev", "heldout"})
 
 XSTEST_REFUSAL_LABELS = frozenset({"2_full_refusal", "3_partial_refusal"})
 XSTEST_LABELS = frozenset({"1_full_compliance", *XSTEST_REFUSAL_LABELS})
@@ -170,3 +184,128 @@ def rbr_report(jsonl_paths: Sequence[Path | str], patterns: PatternSet | None = 
     idx = [i for i, c in enumerate(clear) if c]
     report["clear"] = _score([texts[i] for i in idx], [gold[i] for i in idx], ps)
     return report
+
+
+def fixtures_path() -> Path:
+    """Path of the packaged chemistry fixture set (``resources/refusal_fixtures.csv``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("librachem").joinpath("resources", "refusal_fixtures.csv")))
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex SHA-256 of a file's bytes (the fixture set's version, recorded in the patterns)."""
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_fixtures(path: Path | str | None = None) -> list[dict[str, str]]:
+    """Rows of a fixture CSV (default: the packaged one), each a dict of
+    :data:`FIXTURE_COLUMNS`; read with the standard ``csv`` module so CR/LF and other
+    whitespace inside ``text`` stay byte-exact.
+
+    Raises:
+        DataError: unreadable file, missing columns, no rows, duplicate ids, an empty text,
+            or a ``label`` / ``split`` outside the allowed values.
+    """
+    import csv
+
+    path = Path(path) if path is not None else fixtures_path()
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = sorted(set(FIXTURE_COLUMNS) - set(reader.fieldnames or ()))
+            if missing:
+                raise DataError(f"{path}: missing columns {missing}")
+            rows = [{k: row[k] or "" for k in FIXTURE_COLUMNS} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a readable UTF-8 CSV ({exc})") from exc
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    seen: set[str] = set()
+    for n, row in enumerate(rows, 2):
+        if row["id"] in seen:
+            raise DataError(f"{path}:{n}: duplicate id {row['id']!r}")
+        seen.add(row["id"])
+        if row["label"] not in FIXTURE_LABELS or row["split"] not in FIXTURE_SPLITS:
+            raise DataError(f"{path}:{n}: label {row['label']!r} / split {row['split']!r} not in "
+                            f"{sorted(FIXTURE_LABELS)} / {sorted(FIXTURE_SPLITS)}")
+        if not row["text"].strip():
+            raise DataError(f"{path}:{n}: empty text")
+    return rows
+
+
+def precision_recall(gold: Sequence[bool], pred: Sequence[bool]) -> dict[str, float]:
+    """Precision, recall and F1 of the refusal class plus accuracy and counts.
+
+    Returns keys ``n``, ``precision``, ``recall``, ``f1``, ``accuracy``, ``tp``, ``fp``,
+    ``fn``, ``tn`` (floats). Precision is 1.0 when nothing is predicted a refusal and recall
+    1.0 when there is no gold refusal (nothing was missed).
+    Raises:
+        DataError: empty input or lengths differ.
+    """
+    if len(gold) != len(pred) or not len(gold):
+        raise DataError(f"precision_recall needs equal, non-empty inputs "
+                        f"(got {len(gold)}, {len(pred)})")
+    g = np.asarray(gold, dtype=bool)
+    p = np.asarray(pred, dtype=bool)
+    tp, fp = float(np.sum(g & p)), float(np.sum(~g & p))
+    fn, tn = float(np.sum(g & ~p)), float(np.sum(~g & ~p))
+    precision = tp / (tp + fp) if tp + fp else 1.0
+    recall = tp / (tp + fn) if tp + fn else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"n": float(len(g)), "precision": precision, "recall": recall, "f1": f1,
+            "accuracy": (tp + tn) / len(g), "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def fixture_report(path: Path | str | None = None,
+                   patterns: PatternSet | None = None) -> dict[str, Any]:
+    """Score the detector on the chemistry fixture set: ``all``, ``dev`` and ``heldout``
+    blocks (see :func:`precision_recall`, plus ``unsure_rate``), ``by_category`` accuracy,
+    the ids the detector gets wrong (``errors``: id -> detector label), the file's
+    ``sha256`` and whether it matches the pattern file's ``fixtures.sha256``
+    (``sha256_matches_patterns``; None when the pattern file records no hash).
+
+    Raises:
+        DataError: see :func:`read_fixtures`.
+    """
+    ps = patterns or default_patterns()
+    path = Path(path) if path is not None else fixtures_path()
+    rows = read_fixtures(path)
+    labels = [detect(r["text"], ps).label for r in rows]
+    gold = [r["label"] == "refusal" for r in rows]
+    pred = [lab == "refusal" for lab in labels]
+    sha = file_sha256(path)
+    report: dict[str, Any] = {
+        "patterns_version": ps.version, "source": "librachem_fixtures", "path": str(path),
+        "sha256": sha,
+        "sha256_matches_patterns": None if ps.fixtures_sha256 is None
+        else ps.fixtures_sha256 == sha,
+    }
+    for name, keep in (("all", None), ("dev", "dev"), ("heldout", "heldout")):
+        idx = [i for i, r in enumerate(rows) if keep is None or r["split"] == keep]
+        block = precision_recall([gold[i] for i in idx], [pred[i] for i in idx])
+        block["unsure_rate"] = float(np.mean([labels[i] == "unsure" for i in idx]))
+        report[name] = block
+    cats: dict[str, list[bool]] = {}
+    for r, g, p in zip(rows, gold, pred):
+        cats.setdefault(r["category"], []).append(g == p)
+    report["by_category"] = {c: float(np.mean(ok)) for c, ok in sorted(cats.items())}
+    report["errors"] = {r["id"]: lab for r, g, p, lab in zip(rows, gold, pred, labels) if g != p}
+    return report
+
+
+def summary(report: dict[str, Any]) -> dict[str, float]:
+    """The headline figures of a combined report, side by side: XSTest agreement (all and
+    held-out) next to the fixture set's precision and recall (all and held-out)."""
+    out: dict[str, float] = {}
+    if "xstest" in report:
+        out["xstest_agreement"] = report["xstest"]["all"]["accuracy"]
+        out["xstest_agreement_heldout"] = report["xstest"]["heldout"]["accuracy"]
+    if "fixtures" in report:
+        for split in ("all", "heldout"):
+            tag = "" if split == "all" else "_heldout"
+            out[f"fixtures_precision{tag}"] = report["fixtures"][split]["precision"]
+            out[f"fixtures_recall{tag}"] = report["fixtures"][split]["recall"]
+    return out
