@@ -111,3 +111,23 @@ def test_drop_unfit_rows_counts_each_reason():
     assert kept == rows[:1]
     assert counts.as_dict() == {"rows_in": 3, "rows_kept": 1, "dropped_empty_completion": 1,
                                 "dropped_prompt_fills_max_length": 1}
+
+
+def test_doubled_eos_with_whitespace_between_is_caught():
+    """ChatML renders ``<|im_end|>\\n``; a trainer that appends its own EOS gives
+    ``<|im_end|>\\n<|im_end|>`` (issue 18 point 8)."""
+    ids, mask = _seq([BOS, 50, EOS, NL, BOS, 60, NL], [70, 71, EOS, NL, EOS])
+    assert "doubled_eos" in check_sequence(ids, mask, bos_id=BOS, eos_id=EOS, max_length=64,
+                                           blank_ids={NL})
+    tok = tiny_tokenizer()
+    att = torch.ones(1, len(ids), dtype=torch.long)
+    batch = {"input_ids": torch.tensor([ids]), "attention_mask": att,
+             "completion_mask": torch.tensor([mask])}
+    report = check_batches([batch], tok, max_length=64)
+    assert not report.ok and report.counts["doubled_eos"] == 1
+    # a clean ChatML conversation (end marker, newline, next turn) still passes
+    ids, mask = _seq([BOS, 50, EOS, NL, BOS, 60, NL], [70, 71, EOS, NL])
+    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids),
+                                                                            dtype=torch.long),
+             "completion_mask": torch.tensor([mask])}
+    assert check_batches([batch], tok, max_length=64).ok

@@ -14,7 +14,8 @@ Formats (params key ``format`` of the ``sft`` and ``dpo`` sections):
   (a train/inference mismatch), so the rendered prompt ends with ``Answer:``.
 
 :func:`check_batches` inspects the batches the trainer will actually see (after TRL's own
-tokenisation and collation) and counts, per sequence: a doubled BOS, a doubled EOS, an EOS inside
+tokenisation and collation) and counts, per sequence: a doubled BOS, a doubled EOS (also with
+only whitespace tokens between: ChatML's ``<|im_end|>\\n<|im_end|>``), an EOS inside
 the completion that is masked out of the loss (the pad = eos mistake), a completion without EOS that
 was not cut by ``max_length``, and an empty completion. :func:`drop_unfit_rows` removes, and counts,
 rows whose completion would be truncated to nothing.
@@ -23,7 +24,7 @@ rows whose completion would be truncated to nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -153,12 +154,17 @@ class CheckReport:
                 "failing_checks": list(FAILING), "ok": self.ok, "examples": self.examples}
 
 
-def _runs(ids: Sequence[int], token: int | None) -> bool:
-    return token is not None and any(a == b == token for a, b in zip(ids, ids[1:]))
+def _runs(ids: Sequence[int], token: int | None, blank_ids: Collection[int] = ()) -> bool:
+    """Whether ``token`` occurs twice in a row, whitespace-only tokens between ignored."""
+    if token is None:
+        return False
+    solid = [i for i in ids if i not in blank_ids]
+    return any(a == b == token for a, b in zip(solid, solid[1:]))
 
 
 def check_sequence(ids: Sequence[int], loss_mask: Sequence[int], *, bos_id: int | None,
-                   eos_id: int, max_length: int | None) -> list[str]:
+                   eos_id: int, max_length: int | None,
+                   blank_ids: Collection[int] = ()) -> list[str]:
     """Issues of one unpadded sequence (prompt + completion).
 
     Args:
@@ -166,14 +172,17 @@ def check_sequence(ids: Sequence[int], loss_mask: Sequence[int], *, bos_id: int 
         loss_mask: 1 where the token is a training target (completion), same length as ``ids``.
         max_length: the trainer's limit; a completion without EOS at exactly this length counts as
             ``truncated_by_max_length`` (informational) instead of ``missing_eos``.
+        blank_ids: ids of whitespace-only tokens, skipped when looking for a doubled BOS/EOS:
+            ChatML renders ``<|im_end|>\n``, so a trainer that appends its own EOS yields
+            ``<|im_end|>\n<|im_end|>``, a doubled end marker with a newline between.
 
     Returns:
         Names of the issues found (subset of :data:`FAILING` plus ``truncated_by_max_length``).
     """
     issues = []
-    if _runs(ids, bos_id):
+    if _runs(ids, bos_id, blank_ids):
         issues.append("doubled_bos")
-    if _runs(ids, eos_id):
+    if _runs(ids, eos_id, blank_ids):
         issues.append("doubled_eos")
     targets = [i for i, m in enumerate(loss_mask) if m]
     if not targets:
@@ -204,6 +213,14 @@ def check_batches(batches: Iterable[dict[str, Any]], tokenizer: Any, *,
         A :class:`CheckReport`; check ``.ok``.
     """
     report = CheckReport()
+    blank: dict[int, bool] = {}
+
+    def blank_ids(ids: Sequence[int]) -> set[int]:
+        for i in set(ids) - blank.keys():
+            blank[i] = i not in special and not tokenizer.decode([i]).strip()
+        return {i for i in ids if blank[i]}
+
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
     for batch in batches:
         ids_b = batch["input_ids"].tolist()
         att_b = batch["attention_mask"].tolist()
@@ -216,7 +233,8 @@ def check_batches(batches: Iterable[dict[str, Any]], tokenizer: Any, *,
             ids, mask = ids[:n], mask[:n]
             report.sequences += 1
             for issue in check_sequence(ids, mask, bos_id=tokenizer.bos_token_id,
-                                        eos_id=tokenizer.eos_token_id, max_length=max_length):
+                                        eos_id=tokenizer.eos_token_id, max_length=max_length,
+                                        blank_ids=blank_ids(ids)):
                 report.counts[issue] += 1
                 shown = report.examples.setdefault(issue, [])
                 if len(shown) < max_examples:

@@ -56,6 +56,7 @@ from librachem.evaluate.judging import (
     judge_rows,
     redact_hazardous,
 )
+from librachem.evaluate.metrics import EMPTY_ANSWER, judge_counts
 from librachem.evaluate.outputs import (
     RESPONSE_SCHEMA,
     build_metrics,
@@ -85,8 +86,10 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     Raises:
         SchemaError / DataError: bad input shards, missing test split or DPO adapter.
         ConfigError: bad judge or baseline LLM params.
-        QualityGateError: a model's unjudged share exceeds ``judge.max_unjudged_rate``, or
-            more than ``judge.max_error_rate`` of the LLM judge's calls failed for good.
+        QualityGateError: a model's unjudged share exceeds ``judge.max_unjudged_rate`` or its
+            empty-answer share ``judge.max_empty_rate``, more than ``judge.max_error_rate``
+            of the LLM judge's calls failed for good, or one LLM judge's parse-failure or
+            refusal share is over its gate (:func:`check_gates`).
         LLMError: a judge or baseline backend failed for good (e.g. missing API key).
     """
     import polars as pl
@@ -149,15 +152,17 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     n_redacted = redact_hazardous(rows, params.judge.redact_threshold)
 
     table = pl.from_arrow(pa.Table.from_pylist(rows, schema=RESPONSE_SCHEMA))
-    for name in names:
-        part = table.filter((pl.col("model") == name))
-        rate = part["refused"].is_null().mean() if part.height else 0.0
-        if rate > params.judge.max_unjudged_rate:
-            raise QualityGateError(
-                f"{name}: {rate:.1%} of responses could not be judged (generation errors or "
-                f"unreadable judge output), over evaluate.judge.max_unjudged_rate = "
-                f"{params.judge.max_unjudged_rate}; see {paths.out_dir / 'responses.parquet'}")
+    check_gates(table, params, names, paths)
+    if judge_client is not None:
+        # one figure per judge, the same definition as eval_details.json's judges blocks
+        # (the client's own parse_failures count response-schema replies, which judges
+        # do not use)
+        by_judge = judge_counts(table)
+        llm_stats["judge"]["parse_failures"] = sum(c["parse_failures"] for c in by_judge.values())
+        llm_stats["judge"]["judge_refusals"] = sum(c["refusals"] for c in by_judge.values())
+        llm_stats["judge"]["by_judge"] = by_judge
     metrics = build_metrics(table, params, names)
+    headline = headline_metrics(metrics)  # before any write: an undefined headline fails
 
     paths.out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(paths.out_dir / "responses.parquet") as tmp:
@@ -189,12 +194,62 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     write_json(paths.details_path, metrics)
     write_plots(table, metrics, names, paths.plots_dir)
     write_json(paths.runtime_path, runtime)
-    write_json(paths.metrics, headline_metrics(metrics))  # last: its presence means "done"
+    write_json(paths.metrics, headline)  # last: its presence means "done"
     log.info("evaluate done in %.1f s: %s", runtime["wall_s"],
              {n: {k: round(metrics[n][k], 3) for k in ("safety", "utility", "overall")
                   if k in metrics[n]} for n in names})
     return metrics
 
+
+
+def check_gates(table: Any, params: EvaluateParams, names: Sequence[str],
+                paths: EvalPaths) -> None:
+    """The stage's quality gates on the judged response table (before anything is written).
+
+    Raises:
+        QualityGateError: a model's unjudged share exceeds ``judge.max_unjudged_rate`` or its
+            empty-answer share ``judge.max_empty_rate``; or, with an LLM judge configured, one
+            judge's parse-failure or refusal share (all models pooled, :func:`judge_counts`)
+            exceeds ``judge.max_judge_parse_failure_rate`` / ``max_judge_refusal_rate``.
+    """
+    import polars as pl
+
+    jp = params.judge
+    where = paths.out_dir / "responses.parquet"
+    for name in names:
+        part = table.filter((pl.col("model") == name))
+        if not part.height:
+            continue
+        empty = float((part["decided_by"] == EMPTY_ANSWER).mean())
+        rate = float((part["refused"].is_null() & (part["decided_by"] != EMPTY_ANSWER)).mean())
+        if rate > jp.max_unjudged_rate:
+            raise QualityGateError(
+                f"{name}: {rate:.1%} of responses could not be judged (generation errors or "
+                f"unreadable judge output), over evaluate.judge.max_unjudged_rate = "
+                f"{jp.max_unjudged_rate}; see {where}")
+        if empty > jp.max_empty_rate:
+            raise QualityGateError(
+                f"{name}: {empty:.1%} of the answers are empty (no final answer: nothing, "
+                f"whitespace or only a reasoning block), over evaluate.judge.max_empty_rate = "
+                f"{jp.max_empty_rate}; an empty answer is neither help nor a refusal. Check the "
+                f"model, its chat template and evaluate.generation; see {where}. "
+                "Nothing was written.")
+    if jp.llm is None:
+        return
+    for judge, c in judge_counts(table).items():
+        for what, rate, limit, key in (
+                ("held no strict verdict (parse failures)", c["parse_failure_rate"],
+                 jp.max_judge_parse_failure_rate, "max_judge_parse_failure_rate"),
+                ("declined to grade (judge refusals)", c["refusal_rate"],
+                 jp.max_judge_refusal_rate, "max_judge_refusal_rate")):
+            if rate > limit:
+                raise QualityGateError(
+                    f"evaluate: the {judge} judge ({jp.llm.backend}/{jp.llm.model}) yields "
+                    f"nothing usable: {rate:.1%} of its {int(c['asked'])} replies {what}, over "
+                    f"evaluate.judge.{key} = {limit}. Use a judge that follows the verdict "
+                    f"format (see resources/judges/{judge}.yaml), turn this judge off "
+                    f"(evaluate.judge.{judge}_judge: false) or set evaluate.judge.llm: null "
+                    "for the rule tier only. Nothing was written.")
 
 
 def _model_identities(local: Sequence[str], paths: EvalPaths) -> dict[str, Any]:
