@@ -98,36 +98,78 @@ class DropCounts:
     rows_in: int = 0
     empty_completion: int = 0
     prompt_fills_max_length: int = 0
+    identical_pair: int = 0
+    completion_budget_below_min: int = 0
+    completion_cut_below_share: int = 0
 
     @property
     def dropped(self) -> int:
-        return self.empty_completion + self.prompt_fills_max_length
+        return (self.empty_completion + self.prompt_fills_max_length + self.identical_pair
+                + self.completion_budget_below_min + self.completion_cut_below_share)
 
     def as_dict(self) -> dict[str, int]:
         return {"rows_in": self.rows_in, "rows_kept": self.rows_in - self.dropped,
                 "dropped_empty_completion": self.empty_completion,
-                "dropped_prompt_fills_max_length": self.prompt_fills_max_length}
+                "dropped_prompt_fills_max_length": self.prompt_fills_max_length,
+                "dropped_identical_pair": self.identical_pair,
+                "dropped_completion_budget_below_min": self.completion_budget_below_min,
+                "dropped_completion_cut_below_share": self.completion_cut_below_share}
+
+
+def completion_length(tokenizer: Any, prompt: str, completion: str, prompt_tokens: int) -> int:
+    """Tokens of ``completion`` as the trainer sees it: the rendered prompt + assistant turn
+    minus the rendered inference prompt (end-of-turn marker included)."""
+    full = tokenizer.apply_chat_template([*user_turn(prompt), *assistant_turn(completion)],
+                                         tokenize=False)
+    return len(tokenizer(full, add_special_tokens=False)["input_ids"]) - prompt_tokens
 
 
 def drop_unfit_rows(rows: Sequence[dict[str, str]], tokenizer: Any, max_length: int,
-                    completion_keys: Sequence[str]) -> tuple[list[dict[str, str]], DropCounts]:
-    """Remove rows whose completion would be empty or truncated to nothing.
+                    completion_keys: Sequence[str], *, min_completion_tokens: int = 1,
+                    min_completion_share: float = 0.0) -> tuple[list[dict[str, str]], DropCounts]:
+    """Remove, and count by reason, rows unfit for training.
+
+    Reasons, checked in this order: an empty completion; an identical pair (``chosen`` and
+    ``rejected`` both among ``completion_keys`` and the same text after whitespace/case
+    normalisation: zero preference signal); a prompt that alone fills ``max_length``; a
+    completion budget (``max_length`` minus prompt tokens) below ``min_completion_tokens``;
+    a completion that ``max_length`` would cut to less than ``min_completion_share`` of its
+    tokens (TRL truncates ``keep_start``: the end of the completion is lost, so a DPO pair
+    cut to its first few tokens compares two near-identical prefixes).
 
     Args:
         rows: dicts with a ``prompt`` string and the string columns in ``completion_keys``.
         max_length: the trainer's ``max_length`` (prompt + completion tokens).
+        min_completion_tokens: the smallest completion budget kept (tokens).
+        min_completion_share: the smallest kept share (0..1) of each completion's tokens.
 
     Returns:
         The kept rows (order kept) and the counts. TRL would silently drop a row whose prompt
         alone reaches ``max_length``; we drop it first so the count is ours to report.
     """
+    from librachem.common.text import same_text
+
     counts = DropCounts(rows_in=len(rows))
+    pair = "chosen" in completion_keys and "rejected" in completion_keys
     kept = []
     for row in rows:
         if any(not str(row[key]).strip() for key in completion_keys):
             counts.empty_completion += 1
-        elif prompt_length(tokenizer, row["prompt"]) >= max_length:
+            continue
+        if pair and same_text(row["chosen"], row["rejected"]):
+            counts.identical_pair += 1
+            continue
+        n_prompt = prompt_length(tokenizer, row["prompt"])
+        budget = max_length - n_prompt
+        if budget <= 0:
             counts.prompt_fills_max_length += 1
+        elif budget < min_completion_tokens:
+            counts.completion_budget_below_min += 1
+        elif min_completion_share > 0 and any(
+                budget < min_completion_share * completion_length(
+                    tokenizer, row["prompt"], row[key], n_prompt)
+                for key in completion_keys):
+            counts.completion_cut_below_share += 1
         else:
             kept.append(row)
     return kept, counts
