@@ -112,6 +112,7 @@ def test_evaluate_stage_tiny_models_fake_judge(tmp_path, models):
     assert config["skipped_models"] == {"sft": f"no adapter in {models / 'sft'} (sft disabled)"}
     assert config["judge_templates"] == {"refusal": "1", "route": "1", "quality": "1"}
     assert config["models"]["dpo"]["dpo_adapter_sha256"]
+    assert config["models"]["dpo"]["probe_max_abs_logit_diff_vs_base"] > 0
     assert set(config["generation"]["dpo"]) == {"completion_tokens", "errors"}
     runtime = json.loads((ws / "eval_runtime.json").read_text())
     assert runtime["llm"]["judge"]["calls"] > 0 and runtime["llm"]["judge"]["cache_hits"] == 0
@@ -315,3 +316,24 @@ def test_a_judge_over_its_gate_stops_the_stage(tmp_path, models, script, gate, w
 
 def garbage_judge(request: ChatRequest) -> str:
     return "lorem ipsum"
+
+
+def test_an_adapter_that_changes_nothing_stops_the_stage(tmp_path, models):
+    """Issue 18 point 1: a DPO adapter equal to no adapter (LoRA B = 0, as when its weights
+    silently fail to load) must not be evaluated as "dpo"; the base model need not be among
+    the evaluated models for the check."""
+    from tests.eval_fixtures import write_random_adapter
+
+    write_random_adapter(models / "base", tmp_path / "noop", no_op=True)
+    ws = _workspace(tmp_path / "w", {"models": ["dpo"], "generation": {"max_new_tokens": 2},
+                                     "bootstrap": {"n_resamples": 0}})
+    from stages.evaluate import main
+
+    result = CliRunner().invoke(main, [
+        "--params", str(ws / "params.yaml"), "--triplets", str(ws / "triplets"),
+        "--rephrased", str(ws / "rephrased"), "--base", str(models / "base"),
+        "--sft", str(models / "sft"), "--dpo", str(tmp_path / "noop"), "--out", str(ws / "eval"),
+        "--metrics", str(ws / "eval.json"), "--plots", str(ws / "plots")])
+    assert result.exit_code == 1
+    assert "the dpo model gives the base model's output on the probe" in result.output
+    assert not (ws / "eval.json").exists()

@@ -65,6 +65,7 @@ from librachem.evaluate.outputs import (
     write_plots,
 )
 from librachem.evaluate.params import SOURCES, EvalPaths, EvaluateParams
+from librachem.evaluate.probe import probing
 from librachem.evaluate.prompts import load_prompts, load_xstest, stratified_sample
 
 log = logging.getLogger(__name__)
@@ -114,9 +115,12 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     loader = loader or local_loader(paths)
     rows: list[dict] = []
     gen_records: dict[str, Any] = {}
+    probes: dict[str, Any] = {}
     for name in local:
-        completions, gen_records[name] = generate_local(name, loader, prompts, params.generation)
+        completions, gen_records[name] = generate_local(name, probing(loader, probes), prompts,
+                                                        params.generation)
         rows += [response_row(name, p, c, params.reasoning) for p, c in zip(prompts, completions)]
+    probe_diffs = _check_probes(probes, loader)
     llm_stats: dict[str, Any] = {}
     for bl in params.baselines:
         client = make_client(bl.llm, cache_dir=paths.cache_dir, replay_only=paths.replay_only,
@@ -175,7 +179,7 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
         "judge_model": (None if params.judge.llm is None else
                         {"backend": params.judge.llm.backend, "model": params.judge.llm.model,
                          "revision": getattr(judge_client, "revision", None)}),
-        "models": _model_identities(local, paths),
+        "models": _model_identities(local, paths, probe_diffs),
         "skipped_models": skipped,
         "prompts": {"available": n_all, "evaluated": len(prompts),
                     "by_source": {s: sum(p["source"] == s for p in prompts) for s in SOURCES}},
@@ -252,7 +256,27 @@ def check_gates(table: Any, params: EvaluateParams, names: Sequence[str],
                     "for the rule tier only. Nothing was written.")
 
 
-def _model_identities(local: Sequence[str], paths: EvalPaths) -> dict[str, Any]:
+def _check_probes(probes: dict[str, Any], loader: ModelLoader) -> dict[str, float]:
+    """Check that every adapter model differs from the base model on the probe prompt
+    (:mod:`librachem.evaluate.probe`); the base model is loaded for it when it was not
+    evaluated. Returns the max |logit difference| per adapter model."""
+    import gc
+
+    from librachem.evaluate.probe import check_adapters_change_the_model, probe_logits
+
+    if not set(probes) - {"base"}:
+        return {}
+    base = probes.get("base")
+    if base is None:
+        model, tokenizer = loader("base")
+        base = probe_logits(model, tokenizer)
+        del model
+        gc.collect()
+    return check_adapters_change_the_model(probes, base)
+
+
+def _model_identities(local: Sequence[str], paths: EvalPaths,
+                      probe_diffs: dict[str, float] | None = None) -> dict[str, Any]:
     from librachem.common.adapters import adapter_digest
     from librachem.llm.models import folder_revision
 
@@ -265,4 +289,6 @@ def _model_identities(local: Sequence[str], paths: EvalPaths) -> dict[str, Any]:
         ids[name] = {"base_revision": base_rev,
                      "sft_adapter_sha256": adapter_digest(paths.sft) if name != "base" else None,
                      "dpo_adapter_sha256": adapter_digest(paths.dpo) if name == "dpo" else None}
+        if name != "base":  # checked: this adapter model differs from the base model
+            ids[name]["probe_max_abs_logit_diff_vs_base"] = (probe_diffs or {}).get(name)
     return ids
