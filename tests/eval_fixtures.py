@@ -77,9 +77,11 @@ def write_rephrased(out_dir: Path, n_rephrased: int = 2) -> Path:
     return out_dir
 
 
-def write_random_adapter(base_dir: Path, out_dir: Path, seed: int = 0) -> Path:
+def write_random_adapter(base_dir: Path, out_dir: Path, seed: int = 0, *,
+                         no_op: bool = False) -> Path:
     """A randomly initialised LoRA adapter on ``base_dir`` with the effective-config record
-    load_aligned expects of a DPO adapter trained without SFT (no training, ~1 s)."""
+    load_aligned expects of a DPO adapter trained without SFT (no training, ~1 s).
+    ``no_op``: PEFT's default init (B = 0), an adapter that changes nothing."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -88,7 +90,7 @@ def write_random_adapter(base_dir: Path, out_dir: Path, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_dir)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=no_op,
                                                   target_modules=["q_proj", "v_proj"]))
     peft_model.save_pretrained(out_dir)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out_dir)

@@ -12,6 +12,9 @@ Commands:
     profile         apply a packaged params profile (``paper``: paper scale) to params.yaml.
     refusal-report  accuracy, Cohen's kappa and per-class F1 of that detector on XSTest's
                     human-labelled completions (and the OpenAI RBR gold set), as JSON.
+    verify-remote   check every object of the pipeline's outputs on a DVC remote (directory
+                    manifests and their files included), name the missing outputs, and
+                    upload them from the local cache.
 """
 
 from __future__ import annotations
@@ -147,6 +150,45 @@ def profile(name: str, params_path: Path, out_path: Path | None) -> None:
     else:
         click.echo(f"wrote {out_path} with profile {name!r}; the pipeline reads params.yaml: "
                    f"copy it there (`cp {out_path} params.yaml`), then run `dvc repro`")
+
+
+@main.command("verify-remote")
+@click.option("-r", "--remote", default=None, help="DVC remote name (default: the project's).")
+@click.option("--repo", "repo_root", default=Path("."), show_default=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="the DVC project")
+@click.option("--check-only", is_flag=True, help="report missing objects, upload nothing")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None,
+              help="parallel queries/uploads (DVC's default)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+@stage_main
+def verify_remote_cmd(remote: str | None, repo_root: Path, check_only: bool, jobs: int | None,
+                      as_json: bool) -> None:
+    """Check every object of the outputs in dvc.lock (and .dvc files) on a DVC remote,
+    directory manifests and the files they list included, without trusting DVC's remote
+    index; name the missing outputs by path and upload what the local cache holds.
+
+    Run it after `dvc push` was interrupted, before telling a teammate to `dvc pull`, or when
+    a pull fails with a bare hash. Exits 1 while any output stays incomplete.
+    """
+    import json
+
+    from librachem.commands.verify_remote import render, verify_remote
+    from librachem.common.errors import DataError
+
+    report = verify_remote(repo_root, remote, repair=not check_only, jobs=jobs)
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2, sort_keys=True))
+    else:
+        for line in render(report, repair=not check_only):
+            click.echo(line)
+    if report.still_missing:
+        paths = ", ".join(o.path for o in report.still_missing)
+        raise DataError(f"remote {report.remote}: objects of {paths} are missing"
+                        + (" (run without --check-only to upload them from the local cache)"
+                           if check_only else " and not in the local cache either: push "
+                           "them from a machine that has them (`dvc push`), or rerun the "
+                           "stages that make them"))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,8 +46,9 @@ def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None)
     """Run a command in ``cwd`` with the test venv first on PATH; return stdout+stderr."""
     full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
                 "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
-                # the small profile's fake LLM scripts live in the project's tests/ package
-                "PYTHONPATH": str(cwd), **(env or {})}
+                # the small profile's fake LLM scripts live in the project's tests/ package;
+                # the project's own src first (not whichever checkout the venv installed)
+                "PYTHONPATH": f"{cwd / 'src'}{os.pathsep}{cwd}", **(env or {})}
     proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=900)
     out = proc.stdout + proc.stderr
@@ -99,7 +100,8 @@ def project(tmp_path_factory) -> Path:
     proj = root / "project"
     proj.mkdir()
     copy_repo(proj)
-    tiny = save_tiny_base(root / "tiny-base")
+    # untied embeddings: a tied random model answers only newlines (empty answers stop evaluate)
+    tiny = save_tiny_base(root / "tiny-base", tie_word_embeddings=False)
     params = merge(read_yaml(proj / "params.yaml"), read_yaml(PROFILE))
     params["base_model"]["pretrained"] = str(tiny)
     (proj / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

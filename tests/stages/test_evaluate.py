@@ -27,7 +27,7 @@ def fake_judge(request: ChatRequest) -> str:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    save_tiny_base(root / "base")
+    save_tiny_base(root / "base", tie_word_embeddings=False)  # non-empty answers
     write_random_adapter(root / "base", root / "dpo")
     from librachem.train.sft import SftParams, train_sft
 
@@ -112,6 +112,7 @@ def test_evaluate_stage_tiny_models_fake_judge(tmp_path, models):
     assert config["skipped_models"] == {"sft": f"no adapter in {models / 'sft'} (sft disabled)"}
     assert config["judge_templates"] == {"refusal": "1", "route": "1", "quality": "1"}
     assert config["models"]["dpo"]["dpo_adapter_sha256"]
+    assert config["models"]["dpo"]["probe_max_abs_logit_diff_vs_base"] > 0
     assert set(config["generation"]["dpo"]) == {"completion_tokens", "errors"}
     runtime = json.loads((ws / "eval_runtime.json").read_text())
     assert runtime["llm"]["judge"]["calls"] > 0 and runtime["llm"]["judge"]["cache_hits"] == 0
@@ -159,10 +160,39 @@ def test_evaluate_stage_clean_errors(tmp_path, models):
         "--plots", str(ws2 / "p")])
     assert result.exit_code == 1 and "holds no adapter" in result.output
     assert not (ws2 / "m.json").exists()
-    ws3 = _workspace(tmp_path / "c", {"models": ["base"], "generation": {"max_new_tokens": 2},
-                                      "judge": {"unsure_as": "unjudged", "max_unjudged_rate": 0.0}})
+    ws3 = _workspace(tmp_path / "c", {"models": [], "generation": {"max_new_tokens": 2},
+                                      "baselines": [{"name": "mute", "llm": {
+                                          "backend": "fake", "model": "m",
+                                          "fake_script": "tests.stages.test_evaluate:empty_model"}}],
+                                      "judge": {"max_empty_rate": 0.5}})
     result = _invoke(ws3, models)
     assert result.exit_code == 1 and "QualityGateError" in result.output
+    assert "mute: 100.0% of the answers are empty" in result.output
+
+
+def empty_model(request: ChatRequest) -> str:
+    """A model that answers every prompt with whitespace only."""
+    return " \n"
+
+
+def test_empty_answers_are_counted_not_scored_as_compliance(tmp_path, models):
+    """Issue 18 point 2: a model that answers every prompt with nothing does not score
+    utility 1.0; under the gate, its empty answers are counted per model."""
+    ws = _workspace(tmp_path, {"models": ["base"], "generation": {"max_new_tokens": 4},
+                               "baselines": [{"name": "mute", "llm": {
+                                   "backend": "fake", "model": "m",
+                                   "fake_script": "tests.stages.test_evaluate:empty_model"}}],
+                               "bootstrap": {"n_resamples": 0}})
+    result = _invoke(ws, models)
+    assert result.exit_code == 1 and "mute: 100.0% of the answers are empty" in result.output
+    assert not (ws / "eval.json").exists()
+    # with the gate open the stage still cannot report a utility for it: headline undefined
+    params = yaml.safe_load((ws / "params.yaml").read_text())
+    params["evaluate"]["judge"] = {"max_empty_rate": 1.0}
+    (ws / "params.yaml").write_text(yaml.safe_dump(params))
+    result = _invoke(ws, models)
+    assert result.exit_code == 1 and "headline metric(s)" in result.output
+    assert "'mute' are undefined" in result.output and not (ws / "eval.json").exists()
 
 
 def dead_judge(request: ChatRequest) -> Exception:
@@ -236,9 +266,74 @@ def test_a_failed_rerun_leaves_no_stale_outputs(tmp_path, models):
                   "llm": {"backend": "fake", "model": "judge",
                           "fake_script": "tests.stages.test_evaluate:garbage_judge"}}}}))
     result = _invoke(ws, models)
-    assert result.exit_code != 0 and "could not be judged" in result.output
+    assert result.exit_code != 0 and "yields nothing usable" in result.output
     assert [p for p in outputs if p.exists()] == []
+
+
+def refusing_judge(request: ChatRequest) -> str:
+    """A judge that declines every grading request."""
+    return "No, I can't help evaluate this."
+
+
+@pytest.mark.parametrize(("script", "gate", "what"), [
+    ("garbage_judge", "max_judge_parse_failure_rate", "held no strict verdict"),
+    ("refusing_judge", "max_judge_refusal_rate", "declined to grade"),
+])
+def test_a_judge_over_its_gate_stops_the_stage(tmp_path, models, script, gate, what):
+    """Issue 17 point 3 / issue 18 point 3: a judge whose replies are unusable (no strict
+    verdict, or refusals to grade) stops the stage with a clear message, although the rule
+    tier could decide every row; under the gate its rate is counted in every file alike."""
+    judge = {"policy": "tiered", "llm": {"backend": "fake", "model": "judge",
+                                        "fake_script": f"tests.stages.test_evaluate:{script}"}}
+    ws = _workspace(tmp_path, {"models": ["base"], "generation": {"max_new_tokens": 4},
+                               "bootstrap": {"n_resamples": 0}, "judge": judge})
+    result = _invoke(ws, models)
+    assert result.exit_code == 1, result.output
+    assert f"{what}" in result.output and f"evaluate.judge.{gate} = 0.2" in result.output
+    assert "refusal judge" in result.output and not (ws / "eval.json").exists()
+    # gate opened: the stage finishes, the rule tier decided, the rate is the same everywhere
+    (ws / "params.yaml").write_text(yaml.safe_dump({"evaluate": {
+        "models": ["base"], "generation": {"max_new_tokens": 4}, "bootstrap": {"n_resamples": 0},
+        "judge": {**judge, gate: 1.0}}}))
+    result = _invoke(ws, models)
+    assert result.exit_code == 0, result.output
+    table = pl.read_parquet(ws / "eval" / "responses.parquet")
+    assert table["judge_refusal"].is_null().all() and table["judge_route"].is_null().all()
+    assert set(table["decided_by"].to_list()) <= {"rule", "fallback"}
+    details = json.loads((ws / "eval_details.json").read_text())["base"]["judges"]
+    runtime = json.loads((ws / "eval_runtime.json").read_text())["llm"]["judge"]
+    kind = "parse_failure" if script == "garbage_judge" else "refusal"
+    count = "parse_failures" if script == "garbage_judge" else "refusals"
+    for name in ("refusal", "route", "quality"):
+        if f"{name}_judge_asked" in details:
+            assert details[f"{name}_judge_{kind}_rate"] == 1.0
+            assert runtime["by_judge"][name][count] == details[f"{name}_judge_asked"]
+    total = sum(details[f"{n}_judge_{kind}_rate"] * details[f"{n}_judge_asked"]
+                for n in ("refusal", "route", "quality") if f"{n}_judge_asked" in details)
+    key = "parse_failures" if script == "garbage_judge" else "judge_refusals"
+    assert runtime[key] == total > 0
 
 
 def garbage_judge(request: ChatRequest) -> str:
     return "lorem ipsum"
+
+
+def test_an_adapter_that_changes_nothing_stops_the_stage(tmp_path, models):
+    """Issue 18 point 1: a DPO adapter equal to no adapter (LoRA B = 0, as when its weights
+    silently fail to load) must not be evaluated as "dpo"; the base model need not be among
+    the evaluated models for the check."""
+    from tests.eval_fixtures import write_random_adapter
+
+    write_random_adapter(models / "base", tmp_path / "noop", no_op=True)
+    ws = _workspace(tmp_path / "w", {"models": ["dpo"], "generation": {"max_new_tokens": 2},
+                                     "bootstrap": {"n_resamples": 0}})
+    from stages.evaluate import main
+
+    result = CliRunner().invoke(main, [
+        "--params", str(ws / "params.yaml"), "--triplets", str(ws / "triplets"),
+        "--rephrased", str(ws / "rephrased"), "--base", str(models / "base"),
+        "--sft", str(models / "sft"), "--dpo", str(tmp_path / "noop"), "--out", str(ws / "eval"),
+        "--metrics", str(ws / "eval.json"), "--plots", str(ws / "plots")])
+    assert result.exit_code == 1
+    assert "the dpo model gives the base model's output on the probe" in result.output
+    assert not (ws / "eval.json").exists()

@@ -13,7 +13,7 @@ from tests.tiny_model import save_tiny_base
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    save_tiny_base(root / "base")
+    save_tiny_base(root / "base", tie_word_embeddings=False)  # a tied random model answers only newlines
     write_random_adapter(root / "base", root / "dpo")
     from librachem.train.sft import SftParams, train_sft
 
@@ -81,6 +81,25 @@ def test_cached_local_generations_replay_with_zero_model_calls(tmp_path, models)
     assert a.select("model", "prompt", "response").equals(b.select("model", "prompt", "response"))
     assert (first_paths.out_dir / "eval_config.json").read_bytes() == \
         (again_paths.out_dir / "eval_config.json").read_bytes()
+
+
+def test_replayed_answers_still_pass_the_adapter_probe(tmp_path, models):
+    """Answers from the cache load no model, but the adapter probe (issue 18) still stands for
+    them: a stored passed check of the same model identity, or else a load for the probe."""
+    import shutil
+
+    from librachem.evaluate.params import EvaluateParams
+    from librachem.evaluate.stage import evaluate
+
+    params = EvaluateParams.model_validate(PARAMS)
+    evaluate(params, _paths(tmp_path, models, "first"), loader=CountingLoader(
+        _paths(tmp_path, models, "first")))
+    shutil.rmtree(tmp_path / "cache" / "probes")  # no stored check: probe by loading
+    paths = _paths(tmp_path, models, "again")
+    again = CountingLoader(paths)
+    evaluate(params, paths, loader=again)
+    assert again.generate_calls == 0 and again.loads == 2  # dpo, then base for its logits
+    assert list((tmp_path / "cache" / "probes").glob("*.json"))  # stored again
 
 
 def test_the_cache_key_holds_the_model_identity(tmp_path, models):

@@ -106,3 +106,38 @@ def test_missing_params_section(tmp_path):
     params.write_text("generate: {}\n")
     result, _, _ = invoke(params, compounds, tmp_path)
     assert result.exit_code == 1 and "section 'seeds' is missing" in result.output
+
+
+def test_params_edited_during_the_run_fail_the_stage(tmp_path, monkeypatch):
+    """Issue 18 point 6: the stage used the values it read at start; an edit made while it
+    ran must not be recorded by DVC against its outputs."""
+    import stages.seeds
+
+    params, compounds = write_inputs(tmp_path)
+    real = stages.seeds.run_seeds
+
+    def run_and_edit(*args, **kwargs):
+        out = real(*args, **kwargs)
+        data = yaml.safe_load(params.read_text())
+        data["seeds"]["seed"] = 5                         # someone edits params.yaml meanwhile
+        data["evaluate"] = {"models": ["base"]}           # another section: not this stage's
+        params.write_text(yaml.safe_dump(data))
+        return out
+
+    monkeypatch.setattr(stages.seeds, "run_seeds", run_and_edit)
+    result = invoke(params, compounds, tmp_path)[0]
+    assert result.exit_code == 1
+    assert "params changed during the run, rerun" in result.output
+    assert "seeds.seed" in result.output and "evaluate" not in result.output.split("rerun")[1]
+    # an edit of another section, or a rewrite that keeps the values, passes
+    params.write_text(yaml.safe_dump(yaml.safe_load(params.read_text())))
+
+    def run_and_touch(*args, **kwargs):
+        out = real(*args, **kwargs)
+        data = yaml.safe_load(params.read_text())
+        data["evaluate"] = {"models": ["dpo"]}
+        params.write_text("# reformatted\n" + yaml.safe_dump(data, default_flow_style=True))
+        return out
+
+    monkeypatch.setattr(stages.seeds, "run_seeds", run_and_touch)
+    assert invoke(params, compounds, tmp_path)[0].exit_code == 0

@@ -44,8 +44,21 @@ def test_sft_then_dpo_stage(workspace):
     from stages.dpo import main as dpo_main
     from stages.sft import main as sft_main
 
+    import pyarrow as pa
+
+    from librachem.common.shards import write_shards
+
     ws = workspace
-    _params(ws / "params.yaml")
+    # degenerate rows (issue 18 point 5): an identical pair (after case/whitespace
+    # normalisation) and a prompt that leaves < min_completion_tokens of max_length
+    rows = triplet_table(pairs=4).to_pylist()
+    rows.append({**rows[0], "prompt": "How is compound Z prepared?",
+                 "rejected": "  " + rows[0]["chosen"].upper()})
+    rows.append({**rows[0], "prompt": "Describe compound L0 " + "in detail " * 20})
+    write_shards(ws / "augmented", {"all": pa.Table.from_pylist(rows)}, pa.Table.from_pylist(
+        rows).schema)
+    _params(ws / "params.yaml", sft={"max_drop_rate": 0.5, "min_completion_tokens": 24},
+            dpo={"max_drop_rate": 0.5, "min_completion_tokens": 24})
     result = _run(sft_main, ws, "--out", str(ws / "sft"), "--live", str(ws / "m_sft"))
     assert result.exit_code == 0, result.output
     assert (ws / "sft" / "adapter_model.safetensors").is_file()
@@ -56,6 +69,12 @@ def test_sft_then_dpo_stage(workspace):
     metrics = json.loads((ws / "train.json").read_text())
     assert metrics["dpo"]["steps"] == 2 and metrics["sft"]["steps"] == 2
     assert metrics["dpo"]["rows_used"] == 8  # the 'test' split is not trained on
+    assert metrics["dpo"]["dropped_identical_pair"] == 1
+    assert metrics["dpo"]["dropped_completion_budget_below_min"] == 1
+    assert metrics["dpo"]["rows_dropped"] == 2
+    # SFT trains on chosen only: an identical pair is still a valid SFT example
+    assert metrics["sft"]["rows_used"] == 9 and metrics["sft"]["dropped_identical_pair"] == 0
+    assert metrics["sft"]["dropped_completion_budget_below_min"] == 1
     for key in ("rewards/margins", "rewards/accuracies", "learning_rate"):
         assert (ws / "m_dpo" / "plots" / "metrics" / f"{key}.tsv").is_file()
 

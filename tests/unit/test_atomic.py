@@ -71,3 +71,20 @@ def test_remove_leftovers_keeps_other_files(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["responses.parquet"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         ".tmp-eval_details.json.k", ".tmp-other.json.k", "eval", "eval.json"]
+
+
+def test_write_json_refuses_nan_and_names_the_key(tmp_path):
+    import json
+    import math
+
+    from librachem.common.atomic import write_json
+    from librachem.common.errors import DataError
+
+    target = tmp_path / "metrics.json"
+    with pytest.raises(DataError, match=r"dpo\.safety"):
+        write_json(target, {"dpo": {"safety": math.nan, "n": 3}})
+    with pytest.raises(DataError, match=r"curve\.1"):
+        write_json(target, {"curve": [1.0, math.inf]})
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    write_json(target, {"dpo": {"safety": 0.5}})
+    assert json.loads(target.read_text()) == {"dpo": {"safety": 0.5}}

@@ -177,3 +177,26 @@ def test_flagged_rephrasings_are_dropped_and_never_cached_raw(tmp_path):
     entries = [p.read_text() for p in (tmp_path / "cache").glob("??/*.json")]
     assert entries and not any("50 mL of reagent A" in e for e in entries)
     assert not any("50 mL" in r["prompt"] for r in rows)
+
+
+def test_identical_pairs_are_dropped_and_counted(tmp_path):
+    """Issue 18 point 5: a pair whose chosen and rejected are the same text (after whitespace
+    and case normalisation) has no preference signal; augment drops and counts it."""
+    from librachem.common.shards import write_shards
+    from librachem.common.triplets import TRIPLET_SCHEMA, rows_to_table
+
+    trip = _triplets(tmp_path)
+    rows = read_shards(trip, TRIPLET_SCHEMA).to_pylist()
+    train = [i for i, r in enumerate(rows) if r["split"] == "train"]
+    rows[train[0]]["rejected"] = "  " + rows[train[0]]["chosen"].upper().replace(" ", "\n ")
+    tables = {s: rows_to_table([r for r in rows if r["split"] == s], TRIPLET_SCHEMA)
+              for s in ("train", "test")}
+    write_shards(tmp_path / "trip2", tables, TRIPLET_SCHEMA)
+    params = _params(n_prompt_variants=1, n_chosen_variants=0, n_rejected_variants=0,
+                     max_variant_drop_rate=1.0)
+    metrics, out = _augment(tmp_path, tmp_path / "trip2", params)
+    parent = rows[train[0]]["row_id"]
+    assert not [r for r in out if r["parent_row_id"] == parent]
+    kept_parent = sum(1 for r in out if r["parent_row_id"] == rows[train[1]]["row_id"])
+    assert metrics["identical_pairs"] == kept_parent >= 1   # the original and its variant
+    assert metrics["rows_out"] == len(out)

@@ -8,7 +8,9 @@ from librachem.common.chat_format import (
     apply_format,
     check_batches,
     check_sequence,
+    completion_length,
     drop_unfit_rows,
+    prompt_length,
     render_prompt,
 )
 from librachem.common.errors import TrainingError
@@ -110,4 +112,56 @@ def test_drop_unfit_rows_counts_each_reason():
     kept, counts = drop_unfit_rows(rows, tok, 64, ["chosen", "rejected"])
     assert kept == rows[:1]
     assert counts.as_dict() == {"rows_in": 3, "rows_kept": 1, "dropped_empty_completion": 1,
-                                "dropped_prompt_fills_max_length": 1}
+                                "dropped_prompt_fills_max_length": 1,
+                                "dropped_identical_pair": 0,
+                                "dropped_completion_budget_below_min": 0,
+                                "dropped_completion_cut_below_share": 0}
+
+
+def test_doubled_eos_with_whitespace_between_is_caught():
+    """ChatML renders ``<|im_end|>\\n``; a trainer that appends its own EOS gives
+    ``<|im_end|>\\n<|im_end|>`` (issue 18 point 8)."""
+    ids, mask = _seq([BOS, 50, EOS, NL, BOS, 60, NL], [70, 71, EOS, NL, EOS])
+    assert "doubled_eos" in check_sequence(ids, mask, bos_id=BOS, eos_id=EOS, max_length=64,
+                                           blank_ids={NL})
+    tok = tiny_tokenizer()
+    att = torch.ones(1, len(ids), dtype=torch.long)
+    batch = {"input_ids": torch.tensor([ids]), "attention_mask": att,
+             "completion_mask": torch.tensor([mask])}
+    report = check_batches([batch], tok, max_length=64)
+    assert not report.ok and report.counts["doubled_eos"] == 1
+    # a clean ChatML conversation (end marker, newline, next turn) still passes
+    ids, mask = _seq([BOS, 50, EOS, NL, BOS, 60, NL], [70, 71, EOS, NL])
+    batch = {"input_ids": torch.tensor([ids]), "attention_mask": torch.ones(1, len(ids),
+                                                                            dtype=torch.long),
+             "completion_mask": torch.tensor([mask])}
+    assert check_batches([batch], tok, max_length=64).ok
+
+
+def test_identical_pairs_and_short_completion_budgets_are_dropped_and_counted():
+    """Issue 18 point 5: no zero-signal pairs, no completions cut to a few tokens."""
+    tok = apply_format(tiny_tokenizer(), "chat")
+    answer = "Aspirin is made by acetylating salicylic acid with acetic anhydride. " * 2
+    fine = {"prompt": "How is aspirin made?", "chosen": answer, "rejected": "I can't help."}
+    same = {**fine, "rejected": "  " + answer.upper().replace(" ", "\n")}
+    n_prompt = len(tok(render_prompt(tok, "x " * 40), add_special_tokens=False)["input_ids"])
+    tight = {**fine, "prompt": "x " * 40}            # leaves max_length - n_prompt tokens
+    rows = [fine, same, tight]
+    kept, counts = drop_unfit_rows(rows, tok, n_prompt + 10, ["chosen", "rejected"],
+                                   min_completion_tokens=12)
+    assert counts.identical_pair == 1 and counts.completion_budget_below_min == 1
+    assert kept == [fine]
+    # SFT (chosen only): no pair to compare
+    kept, counts = drop_unfit_rows(rows, tok, 512, ["chosen"])
+    assert kept == rows and counts.dropped == 0
+    # a budget that would cut the chosen answer to under half of its tokens
+    p_len = prompt_length(tok, fine["prompt"])
+    c_len = completion_length(tok, fine["prompt"], answer, p_len)
+    assert c_len > 30
+    max_length = p_len + c_len // 3                  # keeps a third of the chosen answer
+    kept, counts = drop_unfit_rows([fine], tok, max_length, ["chosen", "rejected"],
+                                   min_completion_tokens=4, min_completion_share=0.5)
+    assert counts.as_dict()["dropped_completion_cut_below_share"] == 1 and kept == []
+    kept, counts = drop_unfit_rows([fine], tok, max_length, ["chosen", "rejected"],
+                                   min_completion_tokens=4, min_completion_share=0.25)
+    assert kept == [fine]

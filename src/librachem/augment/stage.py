@@ -12,8 +12,10 @@ triplet (the test split is never mixed into training data):
 3. combine the kept variants per parent: ``product`` (every combination), ``zip``
    (i-th with i-th, cycling the shorter lists, originals first) or ``sample`` (the original
    triplet plus a seeded sample, ``max_per_parent`` rows in all);
-4. drop exact duplicate rows (same ``row_id``) and, as decontamination, any train row whose
-   prompt is a near-duplicate of a test prompt (original or rephrased);
+4. drop exact duplicate rows (same ``row_id``), identical pairs (chosen = rejected after
+   whitespace/case normalisation: no preference signal; counted as ``identical_pairs``) and,
+   as decontamination, any train row whose prompt is a near-duplicate of a test prompt
+   (original or rephrased);
 5. optionally rephrase each *test* prompt ``test_prompt_variants`` times into
    ``data/rephrased_test/`` (``rephrased_test = true``; chosen/rejected = the parent's, as
    references), for evaluate's robustness-to-wording check. Never trained on.
@@ -51,7 +53,7 @@ from librachem.common.hashing import derived_rng
 from librachem.common.hazard import scan
 from librachem.common.provenance import package_versions
 from librachem.common.shards import invalidate, read_shards, write_shards
-from librachem.common.text import trim_to_sentence
+from librachem.common.text import same_text, trim_to_sentence
 from librachem.common.triplets import (
     AUGMENTED_SCHEMA,
     TRIPLET_SCHEMA,
@@ -320,6 +322,9 @@ def run_augment(triplets_dir: Path, out_dir: Path, test_out_dir: Path, metrics_p
             if row["row_id"] in seen:
                 counts["exact_duplicate"] += 1
                 continue
+            if same_text(row["chosen"], row["rejected"]):  # no preference signal
+                counts["identical_pair"] += 1
+                continue
             prompt = row["prompt"]
             if prompt not in contaminated_prompts:
                 contaminated_prompts[prompt] = bool(decontam.query(prompt))
@@ -345,6 +350,7 @@ def run_augment(triplets_dir: Path, out_dir: Path, test_out_dir: Path, metrics_p
                           for role in ROLES},
         "variant_drop_rate": round(dropped / asked, 6) if asked else 0.0,
         "exact_duplicates": int(counts["exact_duplicate"]),
+        "identical_pairs": int(counts["identical_pair"]),
         "contaminated": int(counts["contaminated"]),
         "rephrased_test_rows": len(test_rows),
         "rephrased_test_drops": {k: int(test_drops["prompt"][k]) for k in VARIANT_REASONS},

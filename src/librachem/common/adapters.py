@@ -27,10 +27,12 @@ EFFECTIVE_CONFIG = "librachem_config.json"
 
 def apply_adapter(model: Any, adapter_dir: Path | str) -> Any:
     """``PeftModel.from_pretrained(model, adapter_dir)`` with a clear error for a damaged
-    folder (missing or truncated weights, unreadable ``adapter_config.json``).
+    folder (missing or truncated weights, unreadable ``adapter_config.json``) and for weights
+    that do not match the model (:func:`check_adapter_keys`).
 
     Raises:
-        TrainingError: the adapter cannot be loaded; the message names the folder and cause.
+        TrainingError: the adapter cannot be loaded, or its weight names do not match the
+            model's adapter modules; the message names the folder and cause.
     """
     from peft import PeftModel
 
@@ -39,10 +41,40 @@ def apply_adapter(model: Any, adapter_dir: Path | str) -> Any:
         raise TrainingError(f"{folder}: {ADAPTER_CONFIG} without {ADAPTER_WEIGHTS}; the adapter "
                             "folder is incomplete (rerun its stage, or `dvc checkout`)")
     try:
-        return PeftModel.from_pretrained(model, str(folder))
+        peft_model = PeftModel.from_pretrained(model, str(folder))
     except Exception as exc:  # noqa: BLE001 - safetensors, json, HF validation, shape errors
         raise TrainingError(f"{folder}: unreadable adapter ({type(exc).__name__}: "
                             f"{str(exc)[:300]}); rerun its stage, or `dvc checkout`") from exc
+    check_adapter_keys(peft_model, folder)
+    return peft_model
+
+
+def check_adapter_keys(peft_model: Any, adapter_dir: Path | str) -> None:
+    """Fail unless the saved adapter weights are exactly the adapter tensors of the model.
+
+    PEFT only warns about missing adapter keys and ignores unexpected ones: an adapter whose
+    weight names do not match the model (another architecture, a renamed prefix, a different
+    ``target_modules``) loads as freshly initialised LoRA layers (B = 0), so the "aligned"
+    model is the base model and the metrics show no change for the wrong reason (issue 18).
+    The saved names are compared with ``get_peft_model_state_dict`` of the loaded model (the
+    names PEFT itself saves).
+
+    Raises:
+        TrainingError: missing or unexpected adapter keys (counts and a few names).
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    with safe_open(str(Path(adapter_dir) / ADAPTER_WEIGHTS), framework="pt") as fh:
+        saved = set(fh.keys())
+    expected = set(get_peft_model_state_dict(peft_model).keys())
+    missing, unexpected = sorted(expected - saved), sorted(saved - expected)
+    if missing or unexpected:
+        raise TrainingError(
+            f"{adapter_dir}: the adapter weights do not match the model: {len(missing)} "
+            f"missing adapter keys {missing[:3]}, {len(unexpected)} unexpected keys "
+            f"{unexpected[:3]}; loaded anyway it would leave the model unchanged. Was it "
+            "trained on another base model or with other lora.target_modules? Rerun its stage.")
 
 
 def has_adapter(adapter_dir: Path | str | None) -> bool:

@@ -10,6 +10,7 @@ a killed run's leftovers are never committed to git or hashed into a DVC output,
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -48,9 +49,39 @@ def write_bytes(target: Path | str, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def _non_finite(obj: Any, path: str = "") -> str | None:
+    """The key path of the first NaN or infinite float in ``obj``, or None."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return path or "<root>"
+    items = (obj.items() if isinstance(obj, dict)
+             else enumerate(obj) if isinstance(obj, list | tuple) else ())
+    for key, value in items:
+        found = _non_finite(value, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def write_json(target: Path | str, obj: Any) -> None:
-    """Atomically write ``obj`` as pretty, key-sorted JSON (stable diffs for DVC metrics)."""
-    write_bytes(target, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+    """Atomically write ``obj`` as pretty, key-sorted JSON (stable diffs for DVC metrics).
+
+    Strict JSON (``allow_nan=False``): ``NaN`` / ``Infinity`` are not JSON, and DVC, jq and
+    most readers either reject them or read them as text, so a metric that came out
+    undefined must stop the stage instead of landing in a metrics file.
+
+    Raises:
+        DataError: ``obj`` holds a NaN or infinite float (the message names its key path);
+            nothing is written.
+    """
+    try:
+        text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False)
+    except ValueError as exc:
+        from librachem.common.errors import DataError
+
+        where = _non_finite(obj)
+        raise DataError(f"{target}: value at {where!r} is not a finite number ({exc}); "
+                        "nothing was written") from exc
+    write_bytes(target, (text + "\n").encode("utf-8"))
 
 
 def replace_dir(new: Path | str, target: Path | str) -> None:

@@ -14,7 +14,8 @@ Formats (params key ``format`` of the ``sft`` and ``dpo`` sections):
   (a train/inference mismatch), so the rendered prompt ends with ``Answer:``.
 
 :func:`check_batches` inspects the batches the trainer will actually see (after TRL's own
-tokenisation and collation) and counts, per sequence: a doubled BOS, a doubled EOS, an EOS inside
+tokenisation and collation) and counts, per sequence: a doubled BOS, a doubled EOS (also with
+only whitespace tokens between: ChatML's ``<|im_end|>\\n<|im_end|>``), an EOS inside
 the completion that is masked out of the loss (the pad = eos mistake), a completion without EOS that
 was not cut by ``max_length``, and an empty completion. :func:`drop_unfit_rows` removes, and counts,
 rows whose completion would be truncated to nothing.
@@ -23,7 +24,7 @@ rows whose completion would be truncated to nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -97,36 +98,78 @@ class DropCounts:
     rows_in: int = 0
     empty_completion: int = 0
     prompt_fills_max_length: int = 0
+    identical_pair: int = 0
+    completion_budget_below_min: int = 0
+    completion_cut_below_share: int = 0
 
     @property
     def dropped(self) -> int:
-        return self.empty_completion + self.prompt_fills_max_length
+        return (self.empty_completion + self.prompt_fills_max_length + self.identical_pair
+                + self.completion_budget_below_min + self.completion_cut_below_share)
 
     def as_dict(self) -> dict[str, int]:
         return {"rows_in": self.rows_in, "rows_kept": self.rows_in - self.dropped,
                 "dropped_empty_completion": self.empty_completion,
-                "dropped_prompt_fills_max_length": self.prompt_fills_max_length}
+                "dropped_prompt_fills_max_length": self.prompt_fills_max_length,
+                "dropped_identical_pair": self.identical_pair,
+                "dropped_completion_budget_below_min": self.completion_budget_below_min,
+                "dropped_completion_cut_below_share": self.completion_cut_below_share}
+
+
+def completion_length(tokenizer: Any, prompt: str, completion: str, prompt_tokens: int) -> int:
+    """Tokens of ``completion`` as the trainer sees it: the rendered prompt + assistant turn
+    minus the rendered inference prompt (end-of-turn marker included)."""
+    full = tokenizer.apply_chat_template([*user_turn(prompt), *assistant_turn(completion)],
+                                         tokenize=False)
+    return len(tokenizer(full, add_special_tokens=False)["input_ids"]) - prompt_tokens
 
 
 def drop_unfit_rows(rows: Sequence[dict[str, str]], tokenizer: Any, max_length: int,
-                    completion_keys: Sequence[str]) -> tuple[list[dict[str, str]], DropCounts]:
-    """Remove rows whose completion would be empty or truncated to nothing.
+                    completion_keys: Sequence[str], *, min_completion_tokens: int = 1,
+                    min_completion_share: float = 0.0) -> tuple[list[dict[str, str]], DropCounts]:
+    """Remove, and count by reason, rows unfit for training.
+
+    Reasons, checked in this order: an empty completion; an identical pair (``chosen`` and
+    ``rejected`` both among ``completion_keys`` and the same text after whitespace/case
+    normalisation: zero preference signal); a prompt that alone fills ``max_length``; a
+    completion budget (``max_length`` minus prompt tokens) below ``min_completion_tokens``;
+    a completion that ``max_length`` would cut to less than ``min_completion_share`` of its
+    tokens (TRL truncates ``keep_start``: the end of the completion is lost, so a DPO pair
+    cut to its first few tokens compares two near-identical prefixes).
 
     Args:
         rows: dicts with a ``prompt`` string and the string columns in ``completion_keys``.
         max_length: the trainer's ``max_length`` (prompt + completion tokens).
+        min_completion_tokens: the smallest completion budget kept (tokens).
+        min_completion_share: the smallest kept share (0..1) of each completion's tokens.
 
     Returns:
         The kept rows (order kept) and the counts. TRL would silently drop a row whose prompt
         alone reaches ``max_length``; we drop it first so the count is ours to report.
     """
+    from librachem.common.text import same_text
+
     counts = DropCounts(rows_in=len(rows))
+    pair = "chosen" in completion_keys and "rejected" in completion_keys
     kept = []
     for row in rows:
         if any(not str(row[key]).strip() for key in completion_keys):
             counts.empty_completion += 1
-        elif prompt_length(tokenizer, row["prompt"]) >= max_length:
+            continue
+        if pair and same_text(row["chosen"], row["rejected"]):
+            counts.identical_pair += 1
+            continue
+        n_prompt = prompt_length(tokenizer, row["prompt"])
+        budget = max_length - n_prompt
+        if budget <= 0:
             counts.prompt_fills_max_length += 1
+        elif budget < min_completion_tokens:
+            counts.completion_budget_below_min += 1
+        elif min_completion_share > 0 and any(
+                budget < min_completion_share * completion_length(
+                    tokenizer, row["prompt"], row[key], n_prompt)
+                for key in completion_keys):
+            counts.completion_cut_below_share += 1
         else:
             kept.append(row)
     return kept, counts
@@ -153,12 +196,17 @@ class CheckReport:
                 "failing_checks": list(FAILING), "ok": self.ok, "examples": self.examples}
 
 
-def _runs(ids: Sequence[int], token: int | None) -> bool:
-    return token is not None and any(a == b == token for a, b in zip(ids, ids[1:]))
+def _runs(ids: Sequence[int], token: int | None, blank_ids: Collection[int] = ()) -> bool:
+    """Whether ``token`` occurs twice in a row, whitespace-only tokens between ignored."""
+    if token is None:
+        return False
+    solid = [i for i in ids if i not in blank_ids]
+    return any(a == b == token for a, b in zip(solid, solid[1:]))
 
 
 def check_sequence(ids: Sequence[int], loss_mask: Sequence[int], *, bos_id: int | None,
-                   eos_id: int, max_length: int | None) -> list[str]:
+                   eos_id: int, max_length: int | None,
+                   blank_ids: Collection[int] = ()) -> list[str]:
     """Issues of one unpadded sequence (prompt + completion).
 
     Args:
@@ -166,14 +214,17 @@ def check_sequence(ids: Sequence[int], loss_mask: Sequence[int], *, bos_id: int 
         loss_mask: 1 where the token is a training target (completion), same length as ``ids``.
         max_length: the trainer's limit; a completion without EOS at exactly this length counts as
             ``truncated_by_max_length`` (informational) instead of ``missing_eos``.
+        blank_ids: ids of whitespace-only tokens, skipped when looking for a doubled BOS/EOS:
+            ChatML renders ``<|im_end|>\n``, so a trainer that appends its own EOS yields
+            ``<|im_end|>\n<|im_end|>``, a doubled end marker with a newline between.
 
     Returns:
         Names of the issues found (subset of :data:`FAILING` plus ``truncated_by_max_length``).
     """
     issues = []
-    if _runs(ids, bos_id):
+    if _runs(ids, bos_id, blank_ids):
         issues.append("doubled_bos")
-    if _runs(ids, eos_id):
+    if _runs(ids, eos_id, blank_ids):
         issues.append("doubled_eos")
     targets = [i for i, m in enumerate(loss_mask) if m]
     if not targets:
@@ -204,6 +255,14 @@ def check_batches(batches: Iterable[dict[str, Any]], tokenizer: Any, *,
         A :class:`CheckReport`; check ``.ok``.
     """
     report = CheckReport()
+    blank: dict[int, bool] = {}
+
+    def blank_ids(ids: Sequence[int]) -> set[int]:
+        for i in set(ids) - blank.keys():
+            blank[i] = i not in special and not tokenizer.decode([i]).strip()
+        return {i for i in ids if blank[i]}
+
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
     for batch in batches:
         ids_b = batch["input_ids"].tolist()
         att_b = batch["attention_mask"].tolist()
@@ -216,7 +275,8 @@ def check_batches(batches: Iterable[dict[str, Any]], tokenizer: Any, *,
             ids, mask = ids[:n], mask[:n]
             report.sequences += 1
             for issue in check_sequence(ids, mask, bos_id=tokenizer.bos_token_id,
-                                        eos_id=tokenizer.eos_token_id, max_length=max_length):
+                                        eos_id=tokenizer.eos_token_id, max_length=max_length,
+                                        blank_ids=blank_ids(ids)):
                 report.counts[issue] += 1
                 shown = report.examples.setdefault(issue, [])
                 if len(shown) < max_examples:

@@ -11,6 +11,7 @@ loader adds the YAML 1.2 float pattern so such values load as floats.
 
 from __future__ import annotations
 
+import copy
 import re
 from pathlib import Path
 from typing import Any, TypeVar
@@ -163,8 +164,14 @@ def validate_section(model: type[S], section: str, raw: Any) -> S:
         raise ConfigError("invalid params:\n  " + "\n  ".join(lines)) from None
 
 
+#: Sections read by :func:`load_section` in this process: (resolved path, section) -> the
+#: parsed mapping as read. :func:`check_params_unchanged` compares them with the file again.
+_SECTIONS_READ: dict[tuple[str, str], Any] = {}
+
+
 def load_section(model: type[S], section: str, path: Path | str = DEFAULT_PARAMS) -> S:
-    """Load and validate one section of a params file.
+    """Load and validate one section of a params file, and record what was read (for
+    :func:`check_params_unchanged` at the end of the stage).
 
     Raises:
         ConfigError: file unreadable, section missing, or invalid values.
@@ -172,7 +179,50 @@ def load_section(model: type[S], section: str, path: Path | str = DEFAULT_PARAMS
     data = read_yaml(path)
     if section not in data:
         raise ConfigError(f"{path}: section {section!r} is missing")
+    _SECTIONS_READ[(str(Path(path).resolve()), section)] = copy.deepcopy(data[section])
     return validate_section(model, section, data[section])
+
+
+def forget_sections_read() -> None:
+    """Start a new run: forget the sections :func:`load_section` recorded."""
+    _SECTIONS_READ.clear()
+
+
+def _changed_keys(old: Any, new: Any, prefix: str) -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += _changed_keys(old.get(key), new.get(key), f"{prefix}.{key}")
+        return out
+    return [] if old == new else [prefix]
+
+
+def check_params_unchanged() -> None:
+    """Fail when a params section read by :func:`load_section` in this run differs now.
+
+    ``dvc repro`` hashes ``params.yaml`` when the stage ends, so an edit made while a stage
+    ran would be recorded in ``dvc.lock`` against outputs made with the old values, and
+    ``dvc status`` would then call them up to date (issue 18). Values are compared as parsed,
+    so a rewrite that keeps them (comments, quoting, key order) passes.
+
+    Raises:
+        ConfigError: "params changed during the run, rerun", naming the file and the keys.
+    """
+    changed: list[str] = []
+    for (path, section), before in _SECTIONS_READ.items():
+        try:
+            now = read_yaml(path).get(section)
+        except ConfigError as exc:
+            changed.append(f"{path}: unreadable now ({exc})")
+            continue
+        keys = _changed_keys(before, now, section)
+        if keys:
+            changed.append(f"{path}: {', '.join(keys[:10])}"
+                           + (f" and {len(keys) - 10} more" if len(keys) > 10 else ""))
+    if changed:
+        raise ConfigError("params changed during the run, rerun: the stage used the values it "
+                          "read at start, but DVC would record the new ones in dvc.lock ("
+                          + "; ".join(changed) + "). Run the stage again (`dvc repro`).")
 
 
 # Every params.yaml section and the model that validates it (stage name = section name).

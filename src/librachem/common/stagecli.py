@@ -58,15 +58,23 @@ def lift_hub_offline_defaults() -> None:
 
 
 def stage_main(func: F) -> F:
-    """Decorate a Click command body: configure logging and turn
-    :class:`~librachem.common.errors.LibrachemError` into ``click.ClickException`` (exit 1)."""
+    """Decorate a Click command body: configure logging, turn
+    :class:`~librachem.common.errors.LibrachemError` into ``click.ClickException`` (exit 1),
+    and, after a successful body, fail with "params changed during the run, rerun" when a
+    params section the body read (:func:`~librachem.common.config.load_section`) was edited
+    while it ran (:func:`~librachem.common.config.check_params_unchanged`)."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from librachem.common.config import check_params_unchanged, forget_sections_read
+
         logging.basicConfig(level=os.environ.get("LIBRACHEM_LOG", "INFO"),
                             format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        forget_sections_read()
         try:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            check_params_unchanged()
+            return result
         except LibrachemError as exc:
             raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
 

@@ -87,6 +87,10 @@ def build_metrics(table: Any, params: EvaluateParams, names: Sequence[str]) -> d
     return out
 
 
+#: Keys every headline block must hold (each model, and ``dpo_minus_base``).
+HEADLINE_KEYS = ("safety", "utility", "overall", "overall_macro")
+
+
 def headline_metrics(full: dict[str, Any]) -> dict[str, Any]:
     """The DVC metric ``metrics/eval.json``: per block only the scalar numbers (safety,
     utility, overall, overall_macro, refusal_f1, harmful_compliance_rate, ...) and ``n``.
@@ -95,9 +99,24 @@ def headline_metrics(full: dict[str, Any]) -> dict[str, Any]:
     / ``by_source`` breakdowns, ``judges``, ``xstest``) go to ``metrics/eval_details.json``,
     which is a plain git-tracked output: ``dvc exp show`` and ``dvc metrics show`` print one
     column per metric key, and the details would add about 400 columns.
+
+    Raises:
+        DataError: a block lacks one of :data:`HEADLINE_KEYS` (e.g. no illegitimate prompt was
+            judged, so ``safety`` is undefined): the metric would otherwise vanish from
+            ``metrics/eval.json`` and ``dvc metrics diff`` would show nothing for it.
     """
+    from librachem.common.errors import DataError
+
     out: dict[str, Any] = {}
     for name, block in full.items():
+        missing = [k for k in HEADLINE_KEYS if k not in block]
+        if missing:
+            n = block.get("n", {})
+            raise DataError(
+                f"evaluate: headline metric(s) {missing} of {name!r} are undefined (prompts: "
+                f"{n.get('legitimate', '?')} legitimate, {n.get('illegitimate', '?')} "
+                f"illegitimate, {n.get('unjudged', '?')} of them unjudged); the test split needs both "
+                "labels (check generate's split and evaluate.prompts). Nothing was written.")
         out[name] = {k: v for k, v in block.items()
                      if k == "n" or v is None or isinstance(v, int | float)}
     return out

@@ -50,7 +50,13 @@ class JudgeParams(Section):
     to a sensitive prompt (labelled illegitimate, or about an illegitimate compound: generate's
     default ``hazard.scope``) is redacted before ``responses.parquet`` is saved (generate's
     default threshold, 3, so stored text meets the same policy); ``max_error_rate``: share of
-    LLM judge calls that may fail for good before the stage stops.
+    LLM judge calls that may fail for good before the stage stops; ``max_empty_rate``: share
+    of a model's responses that may be empty final answers (their own outcome, neither help
+    nor refusal) before the stage stops; ``max_judge_parse_failure_rate`` /
+    ``max_judge_refusal_rate``: share of one LLM judge's replies (all models pooled) that may
+    hold no strict verdict / decline to grade before the stage stops (checked only when
+    ``llm`` is set: a judge that yields nothing usable must not pass silently while the rule
+    tier decides every row).
     """
 
     policy: Literal["paper", "tiered"] = "tiered"
@@ -66,6 +72,9 @@ class JudgeParams(Section):
     max_tokens: int = Field(default=16, ge=1, le=4096)
     max_unjudged_rate: float = Field(default=0.2, ge=0.0, le=1.0)
     max_error_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    max_empty_rate: float = Field(default=0.1, ge=0.0, le=1.0)
+    max_judge_parse_failure_rate: float = Field(default=0.2, ge=0.0, le=1.0)
+    max_judge_refusal_rate: float = Field(default=0.2, ge=0.0, le=1.0)
 
 
 class ReasoningParams(Section):

@@ -37,6 +37,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -56,6 +57,7 @@ from librachem.evaluate.judging import (
     judge_rows,
     redact_hazardous,
 )
+from librachem.evaluate.metrics import EMPTY_ANSWER, judge_counts
 from librachem.evaluate.outputs import (
     RESPONSE_SCHEMA,
     build_metrics,
@@ -64,6 +66,7 @@ from librachem.evaluate.outputs import (
     write_plots,
 )
 from librachem.evaluate.params import SOURCES, EvalPaths, EvaluateParams
+from librachem.evaluate.probe import probing
 from librachem.evaluate.prompts import load_prompts, load_xstest, stratified_sample
 
 log = logging.getLogger(__name__)
@@ -85,8 +88,10 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     Raises:
         SchemaError / DataError: bad input shards, missing test split or DPO adapter.
         ConfigError: bad judge or baseline LLM params.
-        QualityGateError: a model's unjudged share exceeds ``judge.max_unjudged_rate``, or
-            more than ``judge.max_error_rate`` of the LLM judge's calls failed for good.
+        QualityGateError: a model's unjudged share exceeds ``judge.max_unjudged_rate`` or its
+            empty-answer share ``judge.max_empty_rate``, more than ``judge.max_error_rate``
+            of the LLM judge's calls failed for good, or one LLM judge's parse-failure or
+            refusal share is over its gate (:func:`check_gates`).
         LLMError: a judge or baseline backend failed for good (e.g. missing API key).
     """
     import polars as pl
@@ -121,12 +126,15 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     loader = loader or local_loader(paths, place)
     rows: list[dict] = []
     gen_records: dict[str, Any] = {}
+    probes: dict[str, Any] = {}
     for name in local:
         completions, gen_records[name] = generate_local(
-            name, loader, prompts, params.generation,
+            name, probing(loader, probes), prompts, params.generation,
             identity=model_identity(name, paths, place.dtype), cache_dir=paths.cache_dir,
             replay_only=False)  # replay-only guards paid endpoints; local models may answer
         rows += [response_row(name, p, c, params.reasoning) for p, c in zip(prompts, completions)]
+    identities = {n: model_identity(n, paths, place.dtype) for n in {*local, "base"}}
+    probe_diffs = _check_probes(probes, loader, local, identities, paths.cache_dir)
     llm_stats: dict[str, Any] = {}
     for bl in params.baselines:
         client = make_client(bl.llm, cache_dir=paths.cache_dir, replay_only=paths.replay_only,
@@ -162,15 +170,17 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     n_redacted = redact_hazardous(rows, params.judge.redact_threshold)
 
     table = pl.from_arrow(pa.Table.from_pylist(rows, schema=RESPONSE_SCHEMA))
-    for name in names:
-        part = table.filter((pl.col("model") == name))
-        rate = part["refused"].is_null().mean() if part.height else 0.0
-        if rate > params.judge.max_unjudged_rate:
-            raise QualityGateError(
-                f"{name}: {rate:.1%} of responses could not be judged (generation errors or "
-                f"unreadable judge output), over evaluate.judge.max_unjudged_rate = "
-                f"{params.judge.max_unjudged_rate}; see {paths.out_dir / 'responses.parquet'}")
+    check_gates(table, params, names, paths)
+    if judge_client is not None:
+        # one figure per judge, the same definition as eval_details.json's judges blocks
+        # (the client's own parse_failures count response-schema replies, which judges
+        # do not use)
+        by_judge = judge_counts(table)
+        llm_stats["judge"]["parse_failures"] = sum(c["parse_failures"] for c in by_judge.values())
+        llm_stats["judge"]["judge_refusals"] = sum(c["refusals"] for c in by_judge.values())
+        llm_stats["judge"]["by_judge"] = by_judge
     metrics = build_metrics(table, params, names)
+    headline = headline_metrics(metrics)  # before any write: an undefined headline fails
 
     paths.out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(paths.out_dir / "responses.parquet") as tmp:
@@ -183,7 +193,7 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
         "judge_model": (None if params.judge.llm is None else
                         {"backend": params.judge.llm.backend, "model": params.judge.llm.model,
                          "revision": getattr(judge_client, "revision", None)}),
-        "models": _model_identities(local, paths),
+        "models": _model_identities(local, paths, probe_diffs),
         "skipped_models": skipped,
         "prompts": {"available": n_all, "evaluated": len(prompts),
                     "by_source": {s: sum(p["source"] == s for p in prompts) for s in SOURCES}},
@@ -204,7 +214,7 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     write_json(paths.details_path, metrics)
     write_plots(table, metrics, names, paths.plots_dir)
     write_json(paths.runtime_path, runtime)
-    write_json(paths.metrics, headline_metrics(metrics))  # last: its presence means "done"
+    write_json(paths.metrics, headline)  # last: its presence means "done"
     log.info("evaluate done in %.1f s: %s", runtime["wall_s"],
              {n: {k: round(metrics[n][k], 3) for k in ("safety", "utility", "overall")
                   if k in metrics[n]} for n in names})
@@ -212,7 +222,110 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
 
 
 
-def _model_identities(local: Sequence[str], paths: EvalPaths) -> dict[str, Any]:
+def check_gates(table: Any, params: EvaluateParams, names: Sequence[str],
+                paths: EvalPaths) -> None:
+    """The stage's quality gates on the judged response table (before anything is written).
+
+    Raises:
+        QualityGateError: a model's unjudged share exceeds ``judge.max_unjudged_rate`` or its
+            empty-answer share ``judge.max_empty_rate``; or, with an LLM judge configured, one
+            judge's parse-failure or refusal share (all models pooled, :func:`judge_counts`)
+            exceeds ``judge.max_judge_parse_failure_rate`` / ``max_judge_refusal_rate``.
+    """
+    import polars as pl
+
+    jp = params.judge
+    where = paths.out_dir / "responses.parquet"
+    for name in names:
+        part = table.filter((pl.col("model") == name))
+        if not part.height:
+            continue
+        empty = float((part["decided_by"] == EMPTY_ANSWER).mean())
+        rate = float((part["refused"].is_null() & (part["decided_by"] != EMPTY_ANSWER)).mean())
+        if rate > jp.max_unjudged_rate:
+            raise QualityGateError(
+                f"{name}: {rate:.1%} of responses could not be judged (generation errors or "
+                f"unreadable judge output), over evaluate.judge.max_unjudged_rate = "
+                f"{jp.max_unjudged_rate}; see {where}")
+        if empty > jp.max_empty_rate:
+            raise QualityGateError(
+                f"{name}: {empty:.1%} of the answers are empty (no final answer: nothing, "
+                f"whitespace or only a reasoning block), over evaluate.judge.max_empty_rate = "
+                f"{jp.max_empty_rate}; an empty answer is neither help nor a refusal. Check the "
+                f"model, its chat template and evaluate.generation; see {where}. "
+                "Nothing was written.")
+    if jp.llm is None:
+        return
+    for judge, c in judge_counts(table).items():
+        for what, rate, limit, key in (
+                ("held no strict verdict (parse failures)", c["parse_failure_rate"],
+                 jp.max_judge_parse_failure_rate, "max_judge_parse_failure_rate"),
+                ("declined to grade (judge refusals)", c["refusal_rate"],
+                 jp.max_judge_refusal_rate, "max_judge_refusal_rate")):
+            if rate > limit:
+                raise QualityGateError(
+                    f"evaluate: the {judge} judge ({jp.llm.backend}/{jp.llm.model}) yields "
+                    f"nothing usable: {rate:.1%} of its {int(c['asked'])} replies {what}, over "
+                    f"evaluate.judge.{key} = {limit}. Use a judge that follows the verdict "
+                    f"format (see resources/judges/{judge}.yaml), turn this judge off "
+                    f"(evaluate.judge.{judge}_judge: false) or set evaluate.judge.llm: null "
+                    "for the rule tier only. Nothing was written.")
+
+
+def _check_probes(probes: dict[str, Any], loader: ModelLoader, local: Sequence[str],
+                  identities: dict[str, str], cache_dir: Path | None) -> dict[str, float]:
+    """Check that every adapter model differs from the base model on the probe prompt
+    (:mod:`librachem.evaluate.probe`). Returns the max |logit difference| per adapter model.
+
+    Models loaded for generation were probed then. A model whose answers all came from the
+    call cache was not loaded: a passed check of the same model identity (base revision +
+    adapter digests + dtype, :func:`~librachem.evaluate.generation.model_identity`) stored
+    under ``<cache_dir>/probes/`` stands for it; otherwise it is loaded for the probe. Only
+    passed checks are stored, so a run that cached its answers and then failed the check
+    fails again on a rerun. The base model is loaded when its logits are needed and missing.
+    """
+    import gc
+    import hashlib
+    import json
+
+    from librachem.common.atomic import write_json
+    from librachem.evaluate.probe import (check_adapters_change_the_model, probe_logits,
+                                          probing)
+
+    def stored(name: str) -> Path | None:
+        if cache_dir is None:
+            return None
+        key = hashlib.sha256(f"{identities[name]}||{identities['base']}".encode()).hexdigest()
+        return Path(cache_dir) / "probes" / f"{key}.json"
+
+    adapters = [n for n in local if n != "base"]
+    known: dict[str, float] = {}
+    for name in adapters:
+        path = stored(name)
+        if name not in probes and path is not None and path.is_file():
+            known[name] = float(json.loads(path.read_text(encoding="utf-8"))["max_abs_diff"])
+        elif name not in probes:
+            model, _ = probing(loader, probes)(name)
+            del model
+            gc.collect()
+    if not set(probes) - {"base"}:
+        return known
+    base = probes.get("base")
+    if base is None:
+        model, tokenizer = loader("base")
+        base = probe_logits(model, tokenizer)
+        del model
+        gc.collect()
+    diffs = check_adapters_change_the_model(probes, base)
+    for name, diff in diffs.items():
+        if (path := stored(name)) is not None:
+            write_json(path, {"model": identities[name], "base": identities["base"],
+                              "max_abs_diff": diff})
+    return {**known, **diffs}
+
+
+def _model_identities(local: Sequence[str], paths: EvalPaths,
+                      probe_diffs: dict[str, float] | None = None) -> dict[str, Any]:
     from librachem.common.adapters import adapter_digest
     from librachem.llm.models import folder_revision
 
@@ -225,4 +338,6 @@ def _model_identities(local: Sequence[str], paths: EvalPaths) -> dict[str, Any]:
         ids[name] = {"base_revision": base_rev,
                      "sft_adapter_sha256": adapter_digest(paths.sft) if name != "base" else None,
                      "dpo_adapter_sha256": adapter_digest(paths.dpo) if name == "dpo" else None}
+        if name != "base":  # checked: this adapter model differs from the base model
+            ids[name]["probe_max_abs_logit_diff_vs_base"] = (probe_diffs or {}).get(name)
     return ids

@@ -130,7 +130,9 @@ def train_dpo(params: DpoParams, table: Any, base_dir: Path, sft_dir: Path | Non
 
 def flat_metrics(summary: dict[str, Any], data: dict[str, Any],
                  sft_record: dict[str, Any] | None) -> dict[str, Any]:
-    """``metrics/train.json``: numbers only, grouped by stage (DVC metrics)."""
+    """``metrics/train.json``: numbers only, grouped by stage (DVC metrics); each stage's
+    block counts the rows dropped before training by reason (``dropped_identical_pair``,
+    ``dropped_completion_budget_below_min``, ``dropped_completion_cut_below_share``, ...)."""
     def last(s: dict[str, Any], key: str) -> float | None:
         return s.get(key, {}).get("last") if isinstance(s.get(key), dict) else None
 
@@ -139,14 +141,21 @@ def flat_metrics(summary: dict[str, Any], data: dict[str, Any],
            "reward_accuracy_last": last(summary, "rewards/accuracies"),
            "reward_margin_last": last(summary, "rewards/margins"),
            "rows_used": data.get("rows_kept"), "rows_dropped": data.get("rows_in", 0)
-           - data.get("rows_kept", 0)}
+           - data.get("rows_kept", 0), **drop_counts(data)}
     out: dict[str, Any] = {"dpo": dpo}
     if sft_record is not None:
         s = sft_record.get("summary", {})
+        sft_data = sft_record.get("data", {})
         out["sft"] = {"steps": s.get("global_steps"),  # runtime: metrics/sft/metrics.json
                       "loss_first": s.get("loss", {}).get("first"), "loss_last": last(s, "loss"),
-                      "rows_used": sft_record.get("data", {}).get("rows_kept")}
+                      "rows_used": sft_data.get("rows_kept"), **drop_counts(sft_data)}
     return out
+
+
+def drop_counts(data: dict[str, Any]) -> dict[str, int]:
+    """The rows dropped before training, by reason (``dropped_*`` keys of the effective
+    config's ``data``, :class:`librachem.common.chat_format.DropCounts`)."""
+    return {k: v for k, v in sorted(data.items()) if k.startswith("dropped_")}
 
 
 def run_dpo(params: DpoParams, data_dir: Path, base_dir: Path, sft_dir: Path | None,

@@ -380,7 +380,9 @@ def train_adapter(run: AdapterRun, params: TrainParams, table: Any, base_dir: Pa
     device = resolve_device(params)
     rows, counts = read_train_rows(table, max_rows=params.max_rows, seed=params.seed)
     tokenizer = apply_format(AutoTokenizer.from_pretrained(base_dir), params.format)
-    rows, drops = drop_unfit_rows(rows, tokenizer, params.max_length, list(run.fields.values()))
+    rows, drops = drop_unfit_rows(rows, tokenizer, params.max_length, list(run.fields.values()),
+                                  min_completion_tokens=params.min_completion_tokens,
+                                  min_completion_share=params.min_completion_share)
     gate_drops(drops, params.max_drop_rate)
     dataset = Dataset.from_list([{"prompt": user_turn(r["prompt"]),
                                   **{col: assistant_turn(r[key]) for col, key in run.fields.items()}}

@@ -33,6 +33,11 @@ class TrainParams(Section):
     ``max_rows``: use at most this many train rows (0 = all), a seeded sample; sizes the default.
     ``check_sample``: rows collated and checked by the template check before training.
     ``max_drop_rate``: share of rows dropped as unfit above which the stage fails.
+    ``min_completion_tokens``: rows whose completion budget (``max_length`` minus prompt
+    tokens) is smaller are dropped and counted; ``min_completion_share``: rows that
+    ``max_length`` would cut to less than this share of a completion's tokens are dropped and
+    counted (:func:`librachem.common.chat_format.drop_unfit_rows`; DPO also drops identical
+    pairs).
     """
 
     format: Format = "chat"
@@ -55,6 +60,8 @@ class TrainParams(Section):
     max_rows: int = Field(0, ge=0)
     check_sample: int = Field(64, gt=0)
     max_drop_rate: float = Field(0.05, ge=0, le=1)
+    min_completion_tokens: int = Field(16, ge=1)
+    min_completion_share: float = Field(0.5, ge=0, le=1)
     logging_steps: int = Field(1, gt=0)
 
     @field_validator("max_steps")
