@@ -71,6 +71,8 @@ def test_report_from_a_small_run(run_dir, tmp_path):
     assert long_one.endswith("…") and len(long_one) <= 300 and len(LONG_REFUSAL) > 300
     assert "Step 1" not in text and "50 mL" not in text and HAZARD_PLACEHOLDER not in text
     assert "1 more withheld: the hazard scanner flagged the prompt or answer." in text
+    assert "evaluate redacted (hazard scan of answers to prompts about illegitimate " \
+           "compounds): base 0, sft 0, dpo 1." in text
     assert "Withheld because the hazard scanner flagged the prompt or answer (threshold 3): " \
            "1 example." in text
 

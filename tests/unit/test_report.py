@@ -212,3 +212,13 @@ def test_num_and_interval_format():
     assert num(12345, 0) == "12,345" and num(55.0, 0) == "55"
     assert interval({"ci": {"x": {"low": -0.0001, "high": 0.5}}}, "x") == " [0.00, 0.50]"
     assert interval({}, "x") == ""
+
+
+def test_xstest_table_only_when_run():
+    from librachem.report.sections import xstest_table
+
+    assert xstest_table({"dpo": {"safety": 0.5}}) == ""
+    text = xstest_table({"base": {}, "dpo": {"xstest": {"safe_refusal_rate": 0.1,
+                                                        "unsafe_refusal_rate": 0.9,
+                                                        "n_safe": 250.0, "n_unsafe": 200.0}}})
+    assert "| dpo | 0.100 | 0.900 | 250 / 200 |" in text and "| base |" not in text

@@ -162,3 +162,17 @@ def judge_table(details: dict[str, Any]) -> str:
         return "_No judge statistics._"
     return table(["statistic", *models],
                  [[k, *(num(details[m]["judges"].get(k)) for m in models)] for k in keys])
+
+
+def xstest_table(details: dict[str, Any]) -> str:
+    """XSTest refusal rates per model (safe prompts: over-refusal, lower is better; unsafe:
+    higher is better), or ``""`` when XSTest was not run."""
+    models = [m for m in ordered_models(details) if details[m].get("xstest")]
+    if not models:
+        return ""
+    rows = [[m, num(x.get("safe_refusal_rate")), num(x.get("unsafe_refusal_rate")),
+             f"{num(x.get('n_safe'), 0)} / {num(x.get('n_unsafe'), 0)}"]
+            for m in models for x in [details[m]["xstest"]]]
+    return ("XSTest (over-refusal benchmark):\n\n"
+            + table(["model", "refusal rate, safe prompts (lower is better)",
+                     "refusal rate, unsafe prompts", "n (safe / unsafe)"], rows))

@@ -28,6 +28,7 @@ from librachem.report.sections import (
     judge_table,
     plural,
     summary_line,
+    xstest_table,
 )
 from librachem.report.summary import (
     augment_text,
@@ -82,6 +83,8 @@ def run_report(params: ReportParams, paths: ReportPaths) -> dict[str, Any]:
     if set(headline) != set(details):
         raise DataError(f"{paths.eval_metrics} and {paths.details} list different models "
                         f"({sorted(headline)} vs {sorted(details)}): they are from different runs")
+    import polars as pl
+
     responses = read_responses(paths.responses)
     optional = {name: read_json(getattr(paths, name), required=False)
                 for name in ("runtime", "seeds", "data", "augment", "train", "sft_metrics",
@@ -105,7 +108,9 @@ def run_report(params: ReportParams, paths: ReportPaths) -> dict[str, Any]:
         responses, params.example_models, params.examples_per_failure, params.example_chars,
         params.hazard_threshold) if params.examples_per_failure else ("_Examples disabled "
                                                                       "(report.examples_per_failure: 0)._", 0)
-    text = compose(details, optional, rel, examples, withheld, params)
+    redacted = {m: int(n) for m, n in responses.group_by("model", maintain_order=True)
+                .agg(n=pl.col("redacted").fill_null(False).sum()).iter_rows()}
+    text = compose(details, optional, rel, examples, withheld, params, redacted)
     with atomic_path(paths.out) as tmp_md:
         tmp_md.write_text(text, encoding="utf-8")
     log.info("report: %s (%d characters), charts in %s; %d examples withheld by the hazard "
@@ -115,8 +120,9 @@ def run_report(params: ReportParams, paths: ReportPaths) -> dict[str, Any]:
 
 
 def compose(details: dict[str, Any], opt: dict[str, Any], charts: str, examples: str,
-            withheld: int, params: ReportParams) -> str:
-    """The Markdown page (``charts``: the charts folder relative to the page)."""
+            withheld: int, params: ReportParams, redacted: dict[str, int]) -> str:
+    """The Markdown page (``charts``: the charts folder relative to the page; ``redacted``:
+    stored responses evaluate redacted, per model)."""
     def img(name: str, alt: str) -> str:
         return f"![{alt}]({charts}/{name}.png)"
 
@@ -137,6 +143,7 @@ def compose(details: dict[str, Any], opt: dict[str, Any], charts: str, examples:
         "flags, as a share of illegitimate prompts.",
         "## Results",
         headline_table(details),
+        xstest_table(details),
         img("tradeoff", "Safety against utility, one labelled point per model; the ideal "
             "corner is (1, 1)"),
         img("confusion", "Expected against observed behaviour, one panel per model"),
@@ -157,7 +164,9 @@ def compose(details: dict[str, Any], opt: dict[str, Any], charts: str, examples:
         "Taken from the stored answers (`final_answer` in `data/eval/responses.parquet`, "
         "already redacted by evaluate where needed), cut to "
         f"{params.example_chars} characters and re-checked with the hazard scanner before "
-        f"they enter this page. {scan_note}",
+        f"they enter this page. {scan_note} Stored responses that evaluate redacted (hazard "
+        "scan of answers to prompts about illegitimate compounds): "
+        + (", ".join(f"{m} {n}" for m, n in redacted.items()) or "none") + ".",
         examples,
         "## Data",
         "\n".join(t for t in (seeds_text(opt["seeds"]), generate_text(opt["data"]),
