@@ -46,8 +46,9 @@ def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None)
     """Run a command in ``cwd`` with the test venv first on PATH; return stdout+stderr."""
     full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
                 "DVC_NO_ANALYTICS": "1", "HF_HUB_OFFLINE": "1",
-                # the small profile's fake LLM scripts live in the project's tests/ package
-                "PYTHONPATH": str(cwd), **(env or {})}
+                # the small profile's fake LLM scripts live in the project's tests/ package;
+                # src/ first: the stages run the copy's own code, whatever the venv installed
+                "PYTHONPATH": f"{cwd / 'src'}{os.pathsep}{cwd}", **(env or {})}
     proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=900)
     out = proc.stdout + proc.stderr
