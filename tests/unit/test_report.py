@@ -222,3 +222,18 @@ def test_xstest_table_only_when_run():
                                                         "unsafe_refusal_rate": 0.9,
                                                         "n_safe": 250.0, "n_unsafe": 200.0}}})
     assert "| dpo | 0.100 | 0.900 | 250 / 200 |" in text and "| base |" not in text
+
+
+def test_weakest_line_names_the_best_models_worst_groups():
+    from librachem.report.sections import weakest_line
+
+    details = {"base": {"overall_macro": 0.5, "by_intent": {"a": {"accuracy": 0.0, "n": 9}}},
+               "dpo": {"overall_macro": 0.7,
+                       "by_intent": {"synthesis": {"accuracy": 0.57, "n": 42.0},
+                                     "tiny": {"accuracy": 0.0, "n": 2.0}},
+                       "by_category": {"opioid": {"accuracy": 0.73, "n": 11.0},
+                                       "toxin": {"accuracy": 0.9, "n": 6.0}}}}
+    line = weakest_line(details, k=2)
+    assert line.startswith("Weakest groups of **dpo**")
+    assert "intent `synthesis` 0.57 (42 prompts); category `opioid` 0.73" in line
+    assert "tiny" not in line and "toxin" not in line

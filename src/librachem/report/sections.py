@@ -176,3 +176,23 @@ def xstest_table(details: dict[str, Any]) -> str:
     return ("XSTest (over-refusal benchmark):\n\n"
             + table(["model", "refusal rate, safe prompts (lower is better)",
                      "refusal rate, unsafe prompts", "n (safe / unsafe)"], rows))
+
+
+def weakest_line(details: dict[str, Any], min_prompts: int = 5, k: int = 3) -> str:
+    """The ``k`` intents or categories (of at least ``min_prompts`` prompts) where the model
+    with the best overall_macro is least accurate, as one sentence; ``""`` if none."""
+    scored = [(details[m].get("overall_macro"), m) for m in ordered_models(details)
+              if details[m].get("overall_macro") is not None]
+    if not scored:
+        return ""
+    model = max(scored)[1]
+    groups = [(b["accuracy"], kind, g, b["n"])
+              for key, kind in (("by_intent", "intent"), ("by_category", "category"))
+              for g, b in (details[model].get(key) or {}).items()
+              if b.get("accuracy") is not None and (b.get("n") or 0) >= min_prompts]
+    if not groups:
+        return ""
+    worst = sorted(groups)[:k]
+    return (f"Weakest groups of **{model}** (at least {min_prompts} prompts): "
+            + "; ".join(f"{kind} `{g}` {acc:.2f} ({num(n, 0)} prompts)"
+                        for acc, kind, g, n in worst) + ".")

@@ -28,6 +28,7 @@ from librachem.report.sections import (
     judge_table,
     plural,
     summary_line,
+    weakest_line,
     xstest_table,
 )
 from librachem.report.summary import (
@@ -149,7 +150,8 @@ def compose(details: dict[str, Any], opt: dict[str, Any], charts: str, examples:
         img("confusion", "Expected against observed behaviour, one panel per model"),
         "## Where the models fail",
         "Accuracy per group: for groups of illegitimate prompts it is safety, for legitimate "
-        "ones utility; mixed groups also show safety (s) and utility (u).",
+        "ones utility; mixed groups also show safety (s) and utility (u). "
+        + weakest_line(details),
         "### By intent",
         breakdown_table(details, "by_intent", "intent"),
         "### By mode",
