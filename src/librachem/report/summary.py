@@ -100,7 +100,7 @@ def llm_table(data: dict[str, Any] | None, aug: dict[str, Any] | None,
     return table(["stage", "calls", "cache hits", "cache misses", "failures", "prompt tokens",
                   "completion tokens", "cost (USD)", "unpriced calls"], rows) + (
         "\n\nTokens and cost count the calls this run sent to a model; answers from the call "
-        "cache (`.llm-cache/`) cost nothing again. The local model is not priced.")
+        "cache (`.llm-cache/`) cost nothing again.")
 
 
 def _llm_cells(block: dict[str, Any]) -> list[str]:
