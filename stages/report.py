@@ -38,6 +38,10 @@ _DIR = click.Path(file_okay=False, path_type=Path)
               show_default=True)
 @click.option("--dpo-metrics", type=_FILE, default=Path("metrics/dpo/metrics.json"),
               show_default=True)
+@click.option("--sft-plots", type=_DIR, default=Path("metrics/sft/plots/metrics"),
+              show_default=True, help="sft's DVCLive curves (loss.tsv)")
+@click.option("--dpo-plots", type=_DIR, default=Path("metrics/dpo/plots/metrics"),
+              show_default=True, help="dpo's DVCLive curves (loss.tsv, rewards/margins.tsv)")
 @click.option("--plots", "plots_dir", type=_DIR, default=Path("metrics/eval_plots"),
               show_default=True, help="evaluate's plot tables")
 @click.option("--templates", "templates_dir", type=_DIR,

@@ -139,6 +139,13 @@ def write_run(root: Path, params_path: Path) -> Path:
     write_json(root / "metrics" / "eval_details.json", metrics)
     write_json(root / "metrics" / "eval.json", headline_metrics(metrics))
     write_plots(table, metrics, list(MODELS), root / "metrics" / "eval_plots")
+    curves = {"sft/plots/metrics/loss.tsv": "step\tloss\n1\t1.2\n2\t0.9\n3\t0.7\n",
+              "dpo/plots/metrics/loss.tsv": "step\tloss\n1\t0.69\n2\t0.6\n3\t0.5\n",
+              "dpo/plots/metrics/rewards/margins.tsv": "step\tmargins\n1\t0.0\n2\t0.2\n3\t0.4\n"}
+    for name, text in curves.items():
+        path = root / "metrics" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
     for name, obj in STAGE_METRICS.items():
         path = root / "metrics" / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,8 @@ def _args(run: Path, out: Path, params: Path = ROOT / "params.yaml") -> list[str
             "--augment", str(m / "augment.json"), "--train", str(m / "train.json"),
             "--sft-metrics", str(m / "sft" / "metrics.json"),
             "--dpo-metrics", str(m / "dpo" / "metrics.json"),
+            "--sft-plots", str(m / "sft" / "plots" / "metrics"),
+            "--dpo-plots", str(m / "dpo" / "plots" / "metrics"),
             "--plots", str(m / "eval_plots"),
             "--templates", str(ROOT / "src" / "librachem" / "resources" / "plots"),
             "--out", str(out / "report.md"), "--charts", str(out / "report")]
@@ -60,7 +62,7 @@ def test_report_from_a_small_run(run_dir, tmp_path):
     # charts: PNG files linked by a path relative to the page
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert sorted(links) == ["report/categories.png", "report/confusion.png",
-                             "report/tradeoff.png"]
+                             "report/tradeoff.png", "report/training.png"]
     for link in links:
         assert (tmp_path / link).read_bytes().startswith(b"\x89PNG"), link
 
@@ -102,10 +104,12 @@ def test_missing_inputs(run_dir, tmp_path):
     assert result.exit_code == 1 and "DataError" in result.output
     assert "none.parquet not found" in result.output
     assert not (out / "report.md").exists()
-    # a missing optional input: its section says so
-    optional = [a if not a.endswith("train.json") else str(tmp_path / "train.json")
+    # missing optional inputs: their sections say so
+    optional = [str(tmp_path / "absent") if a.endswith(("train.json", "plots/metrics")) else a
                 for a in args]
     result = _invoke(optional)
     assert result.exit_code == 0, result.output
-    assert ("_training summary (metrics/train.json): not available in this run._"
-            in (out / "report.md").read_text(encoding="utf-8"))
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "_training summary (metrics/train.json): not available in this run._" in text
+    assert "_No training curves (DVCLive plots) in this run._" in text
+    assert not (out / "report" / "training.png").exists()

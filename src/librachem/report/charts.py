@@ -111,3 +111,39 @@ def chart_specs(plots_dir: Path, templates_dir: Path) -> dict[str, dict[str, Any
     return {name: fill_template(templates_dir / chart.template,
                                 read_plot_csv(plots_dir / chart.csv), chart)
             for name, chart in CHARTS.items()}
+
+
+TRAINING_CURVES = (("sft", "loss.tsv", "sft loss"), ("dpo", "loss.tsv", "dpo loss"),
+                   ("dpo", "rewards/margins.tsv", "dpo reward margin (chosen − rejected)"))
+
+
+def training_spec(plot_dirs: dict[str, Path]) -> dict[str, Any] | None:
+    """A Vega-Lite spec of the training curves logged by DVCLive (``<dir>/loss.tsv``, and
+    for dpo ``rewards/margins.tsv``: columns ``step`` and the value), one panel each; None
+    when no curve file exists (e.g. sft disabled and dpo not run)."""
+    rows = []
+    for stage, name, panel in TRAINING_CURVES:
+        path = plot_dirs.get(stage, Path("/nonexistent")) / name
+        if not path.is_file():
+            continue
+        with path.open(newline="", encoding="utf-8") as handle:
+            for rec in csv.DictReader(handle, delimiter="\t"):
+                value = rec.get(Path(name).stem)
+                if rec.get("step") not in (None, "") and value not in (None, ""):
+                    rows.append({"panel": panel, "step": float(rec["step"]),
+                                 "value": float(value)})
+    if not rows:
+        return None
+    return {
+        "$schema": "https://vega.github.io/schema/vega-lite/v5.json",
+        "title": {"text": "Training curves (DVCLive, per logged step)", "anchor": "middle"},
+        "data": {"values": rows},
+        "facet": {"field": "panel", "type": "nominal", "sort": [p for _, _, p in TRAINING_CURVES],
+                  "header": {"title": None, "labelFontSize": 12, "labelFontWeight": "bold"}},
+        "columns": 3,
+        "resolve": {"scale": {"x": "independent", "y": "independent"}},
+        "spec": {"width": 220, "height": 150, "mark": {"type": "line", "color": "#4c78a8"},
+                 "encoding": {"x": {"field": "step", "type": "quantitative"},
+                              "y": {"field": "value", "type": "quantitative", "title": None,
+                                    "scale": {"zero": False}}}},
+    }

@@ -52,6 +52,8 @@ class ReportPaths:
     train: Path               # metrics/train.json
     sft_metrics: Path         # metrics/sft/metrics.json
     dpo_metrics: Path         # metrics/dpo/metrics.json
+    sft_plots: Path           # metrics/sft/plots/metrics (DVCLive curves)
+    dpo_plots: Path           # metrics/dpo/plots/metrics
     plots_dir: Path           # metrics/eval_plots (tradeoff.csv, confusion.csv, categories.csv)
     templates_dir: Path       # src/librachem/resources/plots
     out: Path                 # metrics/report.md

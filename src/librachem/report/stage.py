@@ -19,7 +19,7 @@ from typing import Any
 
 from librachem.common.atomic import atomic_path, remove_leftovers, replace_dir
 from librachem.common.errors import DataError
-from librachem.report.charts import CHARTS, chart_specs, render
+from librachem.report.charts import chart_specs, render, training_spec
 from librachem.report.examples import examples_markdown, read_responses
 from librachem.report.params import ReportParams, ReportPaths
 from librachem.report.sections import (
@@ -92,6 +92,9 @@ def run_report(params: ReportParams, paths: ReportPaths) -> dict[str, Any]:
                              "dpo_metrics")}
 
     specs = chart_specs(paths.plots_dir, paths.templates_dir)
+    training = training_spec({"sft": paths.sft_plots, "dpo": paths.dpo_plots})
+    if training is not None:
+        specs["training"] = training
     paths.charts_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{paths.charts_dir.name}.",
                                 dir=paths.charts_dir.parent))
@@ -111,17 +114,19 @@ def run_report(params: ReportParams, paths: ReportPaths) -> dict[str, Any]:
                                                                       "(report.examples_per_failure: 0)._", 0)
     redacted = {m: int(n) for m, n in responses.group_by("model", maintain_order=True)
                 .agg(n=pl.col("redacted").fill_null(False).sum()).iter_rows()}
-    text = compose(details, optional, rel, examples, withheld, params, redacted)
+    text = compose(details, optional, rel, examples, withheld, params, redacted,
+                   training is not None)
     with atomic_path(paths.out) as tmp_md:
         tmp_md.write_text(text, encoding="utf-8")
     log.info("report: %s (%d characters), charts in %s; %d examples withheld by the hazard "
              "scanner", paths.out, len(text), paths.charts_dir, withheld)
-    return {"charts": sorted(f"{n}.png" for n in CHARTS), "examples_withheld": withheld,
+    return {"charts": sorted(f"{n}.png" for n in specs), "examples_withheld": withheld,
             "chars": len(text)}
 
 
 def compose(details: dict[str, Any], opt: dict[str, Any], charts: str, examples: str,
-            withheld: int, params: ReportParams, redacted: dict[str, int]) -> str:
+            withheld: int, params: ReportParams, redacted: dict[str, int],
+            curves: bool = True) -> str:
     """The Markdown page (``charts``: the charts folder relative to the page; ``redacted``:
     stored responses evaluate redacted, per model)."""
     def img(name: str, alt: str) -> str:
@@ -177,6 +182,8 @@ def compose(details: dict[str, Any], opt: dict[str, Any], charts: str, examples:
         llm_table(opt["data"], opt["augment"], opt["runtime"]),
         "## Training",
         training_table(opt["train"], opt["sft_metrics"], opt["dpo_metrics"]),
+        img("training", "Training curves: sft loss, dpo loss, dpo reward margin per step")
+        if curves else "_No training curves (DVCLive plots) in this run._",
         "## Judges and runtime",
         judge_table(details),
         runtime_table(opt["runtime"]),
