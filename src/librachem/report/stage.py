@@ -185,7 +185,9 @@ def compose(details: dict[str, Any], opt: dict[str, Any], charts: str, examples:
         img("training", "Training curves: sft loss, dpo loss, dpo reward margin per step")
         if curves else "_No training curves (DVCLive plots) in this run._",
         "## Judges and runtime",
+        "### Judge statistics (rule tier against the paper's keyword rule, unsure verdicts)",
         judge_table(details),
+        "### Evaluation runtime (varies run to run)",
         runtime_table(opt["runtime"]),
     ]
     return "\n\n".join(p for p in parts if p) + "\n"
