@@ -48,8 +48,8 @@ def test_report_from_a_small_run(run_dir, tmp_path):
 
     # headline: one row per model with intervals, and dpo − base
     for model in MODELS:
-        assert re.search(rf"^\| {model} \| [\d.]+ \[[\d.]+, [\d.]+\] \|", text, re.M), model
-    assert re.search(r"^\| \*\*dpo − base\*\* \| \+0\.833 \[", text, re.M)
+        assert re.search(rf"^\| {model} \| [\d.]+ \[[\d.]+, [\d.]+\] \|", text, re.MULTILINE), model
+    assert re.search(r"^\| \*\*dpo − base\*\* \| \+0\.833 \[", text, re.MULTILINE)
     # breakdowns, data and training summary, LLM usage
     for heading in ("### By intent", "### By mode", "### By compound category", "## Data",
                     "### LLM calls", "## Training"):
@@ -90,6 +90,12 @@ def test_examples_of_several_models_are_escaped(run_dir, tmp_path):
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "I cannot \\| will not help" in text
     assert "_Model `gpt4o` was not evaluated in this run; no examples._" in text
+
+    params.write_text((ROOT / "params.yaml").read_text().replace(
+        "examples_per_failure: 3", "examples_per_failure: 0"))
+    assert _invoke(_args(run_dir, tmp_path, params)).exit_code == 0
+    text = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "_Examples disabled (report.examples_per_failure: 0)._" in text and "> " not in text
 
 
 def test_missing_inputs(run_dir, tmp_path):

@@ -9,13 +9,20 @@ labels do not overlap at the default size, and diffs name each revision.
 from __future__ import annotations
 
 import re
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from librachem.common.config import read_yaml
-from librachem.report.charts import CHARTS, TEMPLATES_DIR, fill_template, read_plot_csv, render
+from librachem.report.charts import (
+    CHARTS,
+    TEMPLATES_DIR,
+    fill_template,
+    read_plot_csv,
+    render,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ["base", "sft", "dpo", "gpt4o-mini"]   # a baseline too: names come from the data
@@ -135,11 +142,11 @@ def test_category_labels_do_not_overlap_at_default_size(revs):
     labels = axis_labels(filled("categories", revs=revs))
     rows = sorted(item["y"] for item in labels["left"])
     assert len(rows) == len(CATEGORIES)
-    assert min(b - a for a, b in zip(rows, rows[1:])) >= max(i["fontSize"] for i in labels["left"])
+    assert min(b - a for a, b in pairwise(rows)) >= max(i["fontSize"] for i in labels["left"])
     columns = sorted(labels["top"], key=lambda i: i["x"])
     assert len(columns) == len(MODELS) * len(revs)
     # a label is cut at its `limit` (pixels), so centres that far apart never overlap
-    gaps = [b["x"] - a["x"] for a, b in zip(columns, columns[1:])]
+    gaps = [b["x"] - a["x"] for a, b in pairwise(columns)]
     assert min(gaps) >= max(i["limit"] for i in columns)
 
 

@@ -63,7 +63,7 @@ def read_responses(path: Path) -> Any:
         raise DataError(f"{path} not found: run the evaluate stage first")
     try:
         frame = pl.read_parquet(path)
-    except Exception as exc:  # noqa: BLE001 - polars raises several unrelated types
+    except Exception as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:

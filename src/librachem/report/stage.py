@@ -108,10 +108,11 @@ def run_report(params: ReportParams, paths: ReportPaths) -> dict[str, Any]:
         raise
 
     rel = os.path.relpath(paths.charts_dir, paths.out.parent).replace(os.sep, "/")
-    examples, withheld = examples_markdown(
-        responses, params.example_models, params.examples_per_failure, params.example_chars,
-        params.hazard_threshold) if params.examples_per_failure else ("_Examples disabled "
-                                                                      "(report.examples_per_failure: 0)._", 0)
+    examples, withheld = "_Examples disabled (report.examples_per_failure: 0)._", 0
+    if params.examples_per_failure:
+        examples, withheld = examples_markdown(
+            responses, params.example_models, params.examples_per_failure,
+            params.example_chars, params.hazard_threshold)
     redacted = {m: int(n) for m, n in responses.group_by("model", maintain_order=True)
                 .agg(n=pl.col("redacted").fill_null(False).sum()).iter_rows()}
     text = compose(details, optional, rel, examples, withheld, params, redacted,
