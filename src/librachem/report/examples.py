@@ -10,7 +10,12 @@ Failure types (judged chemistry prompts; XSTest rows are left out):
 
 Before any text enters the report, prompt and answer are re-scanned with
 :func:`librachem.common.hazard.scan`; a row scoring ``hazard_threshold`` or more is left out
-and counted, so a page meant for sharing never carries actionable content.
+and counted. An answer to an illegitimate prompt that still carries any hazard signal (a
+step list, an amount, a lab operation; score above 0 but under the threshold) is shown with
+those sentences redacted (:func:`librachem.common.hazard.redact`), and one that runs an
+inline numbered list (``... steps: 1. ... 2. ...``, which the scanner reads only at line
+starts) is cut where the list begins, so a page meant for sharing never carries a
+procedure-shaped answer about an illegitimate compound.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from librachem.common.errors import DataError, SchemaError
-from librachem.common.hazard import scan
+from librachem.common.hazard import REDACTION_MARK, redact, scan
 from librachem.report.sections import plural
 
 FAILURES = {
@@ -33,6 +38,18 @@ FAILURES = {
 COLUMNS = ("model", "row_id", "source", "prompt", "label", "intent", "mode", "category",
            "final_answer", "refused", "redacted")
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")
+# An inline enumeration: "1. Take" / "2) Add" inside a line (two or more make a list).
+_INLINE_STEP = re.compile(r"(?<![\w.])\d{1,2}[.)]\s+(?=[A-Z\[])")
+
+
+def cut_step_list(text: str) -> tuple[str, bool]:
+    """``text`` cut where an inline numbered list of two or more items begins (the cut marked
+    with the scanner's redaction mark); returns the text and whether it was cut."""
+    marks = list(_INLINE_STEP.finditer(text))
+    if len(marks) < 2:
+        return text, False
+    return (text[:marks[0].start()].rstrip() + " " + REDACTION_MARK).strip(), True
+
 
 
 @dataclass
@@ -44,11 +61,13 @@ class FailureExamples:
         shown: the chosen rows (``prompt``, ``answer`` already truncated and escaped, plus
             ``intent``, ``category``, ``mode``, ``source``, ``redacted``).
         withheld: rows the hazard scanner kept out of the report.
+        redacted_here: shown answers whose hazard-signal sentences this report redacted.
     """
 
     total: int
     shown: list[dict[str, Any]] = field(default_factory=list)
     withheld: int = 0
+    redacted_here: int = 0
 
 
 def read_responses(path: Path) -> Any:
@@ -115,9 +134,18 @@ def pick_examples(responses: Any, model: str, kind: str, k: int, limit: int,
                                                    or seen.add(r["category"]))]
     order = first + [i for i in range(len(safe)) if i not in set(first)]
     for row in (safe[i] for i in order[:k]):
+        answer = row["final_answer"] or ""
+        cut_here = False
+        if label == "illegitimate":
+            if scan(answer).score > 0:
+                answer, cut_here = redact(answer), True
+            answer, listed = cut_step_list(answer)
+            cut_here = cut_here or listed
+            out.redacted_here += cut_here
         out.shown.append({
             "prompt": escape_markdown(shorten(row["prompt"], limit)),
-            "answer": escape_markdown(shorten(row["final_answer"], limit)) or "_(empty answer)_",
+            "answer": escape_markdown(shorten(answer, limit)) or "_(empty answer)_",
+            "redacted_here": cut_here,
             **{c: row[c] for c in ("intent", "category", "mode", "source", "redacted")}})
     return out
 
@@ -147,7 +175,9 @@ def examples_markdown(responses: Any, models: list[str], k: int, limit: int,
             for i, e in enumerate(ex.shown, 1):
                 tags = ", ".join(str(e[c]) for c in ("intent", "category", "mode", "source")
                                  if e[c])
-                mark = " (stored answer was redacted by evaluate)" if e["redacted"] else ""
+                mark = " _(stored answer was redacted by evaluate)_" if e["redacted"] else ""
+                if e["redacted_here"]:
+                    mark += " _(sentences with procedure signals redacted for this page)_"
                 parts.append(f"{i}. **Prompt** ({tags}): {e['prompt']}\n\n"
                              f"   > {e['answer']}{mark}")
     return "\n\n".join(parts), withheld
