@@ -1,6 +1,8 @@
 # Two commands for a new user (see README.md):
 #   make repro   set up .venv if needed, then run the DVC pipeline on the embedded default
 #   make test    set up .venv if needed, then run the test suite
+#   make plots   every `dvc plots` chart offline: dvc_plots/index.html (vega scripts inlined)
+#                and dvc_plots/static/*.svg|png; REVS="HEAD~1 HEAD" compares revisions
 # The install is skipped when the dependency spec has not changed (a stamp keyed on its hash).
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -16,7 +18,7 @@ export TOKENIZERS_PARALLELISM := false
 # dvc.yaml runs `python stages/<name>.py`: the project's venv comes first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup repro test bench clean-venv
+.PHONY: setup repro test bench plots clean-venv
 
 setup: $(STAMP)
 
@@ -39,6 +41,10 @@ test: setup
 
 bench: setup
 	$(BIN)/python bench/run_all.py
+
+REVS ?=
+plots: setup
+	$(BIN)/librachem plots $(REVS)
 
 clean-venv:
 	rm -rf $(VENV)

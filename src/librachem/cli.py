@@ -10,6 +10,8 @@ Commands:
     check-params    validate every params.yaml section and check the machine has what they
                     need (GPU + bitsandbytes for QLoRA, API keys, HF_TOKEN for a hub id).
     profile         apply a packaged params profile (``paper``: paper scale) to params.yaml.
+    plots           every `dvc plots` chart offline: DVC's page with the vega scripts
+                    inlined, and one SVG + PNG per chart (vl-convert).
     refusal-report  accuracy, Cohen's kappa and per-class F1 of that detector on XSTest's
                     human-labelled completions (and the OpenAI RBR gold set), as JSON.
     verify-remote   check every object of the pipeline's outputs on a DVC remote (directory
@@ -189,6 +191,26 @@ def verify_remote_cmd(remote: str | None, repo_root: Path, check_only: bool, job
                            if check_only else " and not in the local cache either: push "
                            "them from a machine that has them (`dvc push`), or rerun the "
                            "stages that make them"))
+
+
+@main.command("plots")
+@click.argument("revisions", nargs=-1)
+@click.option("--out", "out_dir", default=Path("dvc_plots"), show_default=True,
+              type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for index.html and static/<plot>.svg|png.")
+@click.option("--html/--no-html", default=True, show_default=True,
+              help="Also write DVC's page (index.html) with the vega scripts inlined.")
+@stage_main
+def plots(revisions: tuple[str, ...], out_dir: Path, html: bool) -> None:
+    """Every `dvc plots` chart, offline: DVC's page with the vega scripts inlined and one
+    SVG + PNG per chart. REVISIONS (e.g. HEAD~1 HEAD, experiment names) compare them like
+    `dvc plots diff`; none = the workspace, like `dvc plots show`."""
+    from librachem.commands.plots import run_plots
+
+    result = run_plots(out_dir, revisions, html=html)
+    if result["html"]:
+        click.echo(f"offline page: {result['html']}")
+    click.echo(f"{len(result['images'])} images in {out_dir / 'static'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

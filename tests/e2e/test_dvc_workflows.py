@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
 PROFILE = Path(__file__).with_name("small_profile.yaml")
-STAGES = ["seeds", "base_model", "generate", "augment", "sft", "dpo", "evaluate"]
+STAGES = ["seeds", "base_model", "generate", "augment", "sft", "dpo", "evaluate", "report"]
 
 
 def run(args: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> str:
@@ -131,7 +131,7 @@ def test_metrics_cover_every_model(project: Path) -> None:
 def test_beta_change_reruns_only_dpo_and_evaluate(project: Path) -> None:
     set_param(project, "dpo.beta", 0.25)
     out = dvc("repro", cwd=project)
-    assert ran_stages(out) == {"dpo", "evaluate"}, out[-3000:]
+    assert ran_stages(out) == {"dpo", "evaluate", "report"}, out[-3000:]
     git_commit(project, "beta 0.25")
 
 
@@ -148,20 +148,20 @@ def test_metrics_diff_between_two_commits(project: Path) -> None:
 def test_augment_change_reruns_augment_and_what_follows(project: Path) -> None:
     set_param(project, "augment.seed", 8)
     out = dvc("repro", cwd=project)
-    assert ran_stages(out) == {"augment", "sft", "dpo", "evaluate"}, out[-3000:]
+    assert ran_stages(out) == {"augment", "sft", "dpo", "evaluate", "report"}, out[-3000:]
     git_commit(project, "augment seed 8")
 
 
 def test_evaluate_change_reruns_only_evaluate(project: Path) -> None:
     set_param(project, "evaluate.bootstrap.seed", 1)
     out = dvc("repro", cwd=project)
-    assert ran_stages(out) == {"evaluate"}, out[-3000:]
+    assert ran_stages(out) == {"evaluate", "report"}, out[-3000:]
     git_commit(project, "bootstrap seed 1")
 
 
 def test_exp_run_and_show(project: Path) -> None:
     out = dvc("exp", "run", "-S", "dpo.beta=0.3", cwd=project)
-    assert ran_stages(out) == {"dpo", "evaluate"}, out[-3000:]
+    assert ran_stages(out) == {"dpo", "evaluate", "report"}, out[-3000:]
     show = dvc("exp", "show", "--json", cwd=project)
     text = show[show.index("["):]
     data = json.loads(text)

@@ -122,8 +122,13 @@ def test_evaluate_stage_tiny_models_fake_judge(tmp_path, models):
     trade = pl.read_csv(ws / "plots" / "tradeoff.csv")
     assert trade["model"].to_list() == ["base", "dpo"]
     conf = pl.read_csv(ws / "plots" / "confusion.csv")
-    assert conf.height == 10 and set(conf.columns) == {"actual", "predicted"}
-    assert (ws / "plots" / "categories.csv").is_file()
+    assert conf.columns == ["model", "actual", "predicted", "count"]
+    assert conf.height == 8 and conf["model"].unique(maintain_order=True).to_list() == ["base", "dpo"]
+    for name in ("base", "dpo"):   # every judged chemistry response of the model, in one cell
+        assert conf.filter(pl.col("model") == name)["count"].sum() == metrics[name]["n"]["total"]
+    cats = pl.read_csv(ws / "plots" / "categories.csv")
+    assert cats.columns == ["model", "category", "accuracy", "n"]
+    assert cats.filter(pl.col("model") == "dpo")["n"].sum() == metrics["dpo"]["n"]["total"]
 
     # second run: the judge answers come from the call cache
     result = _invoke(ws, models)

@@ -234,6 +234,7 @@ SECTIONS: dict[str, str] = {
     "sft": "librachem.train.sft:SftParams",
     "dpo": "librachem.train.dpo:DpoParams",
     "evaluate": "librachem.evaluate.params:EvaluateParams",
+    "report": "librachem.report.params:ReportParams",
 }
 
 

@@ -123,12 +123,19 @@ def headline_metrics(full: dict[str, Any]) -> dict[str, Any]:
 
 
 PLOT_FILES = ("tradeoff.csv", "confusion.csv", "categories.csv")
+CONFUSION_CELLS = (("should_refuse", "refused"), ("should_refuse", "answered"),
+                   ("should_answer", "refused"), ("should_answer", "answered"))
 
 
 def write_plots(table: Any, metrics: dict[str, Any], names: Sequence[str], plots_dir: Path) -> None:
-    """Plot tables for ``dvc plots``: ``tradeoff.csv`` (model, safety, utility per model),
-    ``confusion.csv`` (actual/predicted per response of the DPO model, or the last model),
-    ``categories.csv`` (model/category accuracy bars)."""
+    """Plot tables for ``dvc plots`` (templates in ``src/librachem/resources/plots/``), one
+    row per model in ``names`` order (the templates keep that order):
+
+    - ``tradeoff.csv``: model, safety, utility, overall_macro;
+    - ``confusion.csv``: model, actual (should_refuse | should_answer), predicted (refused |
+      answered), count: all four cells per model, zeros included; judged non-XSTest rows;
+    - ``categories.csv``: model, category, accuracy, n (prompts of that category).
+    """
     import polars as pl
 
     from librachem.common.atomic import atomic_path
@@ -139,23 +146,24 @@ def write_plots(table: Any, metrics: dict[str, Any], names: Sequence[str], plots
           "overall_macro": metrics[n].get("overall_macro")} for n in names],
         schema={"model": pl.String, "safety": pl.Float64, "utility": pl.Float64,
                 "overall_macro": pl.Float64})
-    focus = "dpo" if "dpo" in names else names[-1]
-    conf = (table.filter((pl.col("model") == focus) & (pl.col("source") != "xstest")
-                         & pl.col("refused").is_not_null())
-            .select(actual=pl.when(pl.col("label") == "illegitimate").then(pl.lit("should_refuse"))
-                    .otherwise(pl.lit("should_answer")),
-                    predicted=pl.when(pl.col("refused")).then(pl.lit("refused"))
-                    .otherwise(pl.lit("answered"))))
+    judged = table.filter((pl.col("source") != "xstest") & pl.col("refused").is_not_null())
+    counts = {(r["model"], r["label"], r["refused"]): r["len"] for r in
+              judged.group_by("model", "label", "refused").len().iter_rows(named=True)}
+    conf = pl.DataFrame(
+        [{"model": n, "actual": actual, "predicted": predicted,
+          "count": counts.get((n, "illegitimate" if actual == "should_refuse" else "legitimate",
+                               predicted == "refused"), 0)}
+         for n in names for actual, predicted in CONFUSION_CELLS],
+        schema={"model": pl.String, "actual": pl.String, "predicted": pl.String,
+                "count": pl.Int64})
     cats = pl.DataFrame(
-        [{"model_category": f"{n}/{cat}", "model": n, "category": cat, "accuracy": b["accuracy"],
-          "n": b["n"]}
+        [{"model": n, "category": cat, "accuracy": b["accuracy"], "n": int(b["n"])}
          for n in names for cat, b in metrics[n].get("by_category", {}).items()],
-        schema={"model_category": pl.String, "model": pl.String, "category": pl.String,
-                "accuracy": pl.Float64, "n": pl.Float64})
+        schema={"model": pl.String, "category": pl.String, "accuracy": pl.Float64,
+                "n": pl.Int64})
     for fname, df in zip(PLOT_FILES, (trade, conf, cats), strict=True):
         with atomic_path(plots_dir / fname) as tmp:
             df.write_csv(tmp)
-
 
 
 def remove_outputs(paths: EvalPaths) -> None:
