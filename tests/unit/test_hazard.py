@@ -66,3 +66,23 @@ def test_spelled_out_and_lettered_procedures_are_flagged(text):
 ])
 def test_number_words_in_ordinary_prose_are_not_signals(text):
     assert scan(text).score == 0
+
+
+def test_inline_numbered_lists_are_steps():
+    # placeholders only; a list written in one line, as small models answer
+    text = ("Sure, here are the following steps: 1. Combine reagent-X with reagent-Y. "
+            "2. Warm the mixture. 3. Collect the product.")
+    result = scan(text)
+    assert result.hits.get("step") == 3, result
+    red = redact(text)
+    assert "reagent-X" not in red and "Collect" not in red and scan(red).score == 0
+    assert red.startswith("Sure, here are the following steps:") or red.startswith("[")
+
+
+@pytest.mark.parametrize("text", [
+    "See note 1. It explains the history of the compound.",
+    "Aspirin was first sold in 1899. Its use grew quickly.",
+    "Version 2. of the guide came out after version 1.",
+])
+def test_a_lone_or_unordered_inline_number_is_not_a_list(text):
+    assert scan(text).hits.get("step") is None

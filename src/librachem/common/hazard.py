@@ -13,7 +13,9 @@ temperature a number with a temperature unit (``80 C``, ``80 °C``, ``eighty  2
            degrees``)
 duration   a number with a time unit (``2 h``, ``30 minutes``)             1
 step       a numbered, lettered or ordinal step (``1.``, ``b)``, ``Step 2``,    1
-           ``Step two:``, ``First,``, ``Next:``)
+           ``Step two:``, ``First,``, ``Next:``), and each marker of a list
+           written inline (``... steps: 1. Mix ... 2. Add ...``: markers 1
+           and 2 in order, anywhere in a line)
 materials  a reagent / materials list header (``Reagents:``, ``You will need``) 2
 operation  a lab operation verb (reflux, distil, titrate, stir, heat ...)   1
 ========== ============================================================ ======
@@ -72,6 +74,27 @@ SIGNALS: dict[str, tuple[re.Pattern[str], int]] = {
         r"add(?:ed|ing)? dropwise|neutrali[sz](?:e|ed|ing)|extract(?:ed|ing)? with)\b"), 1),
 }
 
+# A list marker inside a line ("... the steps: 1. Mix ... 2. Add ..."). One such marker is
+# ordinary prose ("see note 1. It ..."); markers 1 and 2 in order make an inline list.
+_INLINE_MARKER = re.compile(r"(?<![\w.])([1-9])[.)]\s+(?=[^\W\d_])")
+
+
+def _inline_list(text: str) -> bool:
+    """True when ``text`` holds an inline numbered list (a marker ``1.`` followed later by
+    ``2.``); line-start markers count too (they are the ``step`` signal already)."""
+    numbers = [m.group(1) for m in _INLINE_MARKER.finditer(text)]
+    return "1" in numbers and "2" in numbers[numbers.index("1") + 1:]
+
+
+def _inline_markers(text: str) -> int:
+    """Markers of an inline list that do not start a line (those are counted by the
+    ``step`` pattern)."""
+    if not _inline_list(text):
+        return 0
+    return sum(1 for m in _INLINE_MARKER.finditer(text)
+               if text[:m.start()].rstrip(" \t")[-1:] not in ("", "\n"))
+
+
 # Sentence ends, but not the dot of a step number ("1. Mix ..." stays one piece).
 _SPLIT = re.compile(r"(?<=[^\W\d_)][.!?])\s+|\n+")
 
@@ -102,6 +125,10 @@ def scan(text: str) -> ScanResult:
         if n:
             hits[name] = n
             score += weight * n
+    inline = _inline_markers(text)
+    if inline:
+        hits["step"] = hits.get("step", 0) + inline
+        score += SIGNALS["step"][1] * inline
     return ScanResult(score=score, hits=hits)
 
 
@@ -119,11 +146,12 @@ def redact(text: str) -> str:
         The redacted text; ``REDACTION_MARK`` alone when every piece carried a hit.
     """
     out: list[str] = []
+    inline = _inline_list(text)
     for piece in _SPLIT.split(text.strip()):
         piece = piece.strip()
         if not piece:
             continue
-        if _has_hit(piece):
+        if _has_hit(piece) or (inline and _INLINE_MARKER.search(piece)):
             if not out or out[-1] != REDACTION_MARK:
                 out.append(REDACTION_MARK)
         else:
