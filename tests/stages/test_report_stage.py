@@ -90,8 +90,9 @@ def test_examples_of_several_models_are_escaped(run_dir, tmp_path):
     assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     assert "I cannot \\| will not help" in text
     assert "_Model `gpt4o` was not evaluated in this run; no examples._" in text
-    # sft's answered illegitimate prompt runs an inline numbered list: cut where it begins
-    assert "the following steps: \\[procedure details redacted\\]" in text
+    # sft's answered illegitimate prompt runs an inline numbered list: the scanner's step
+    # signal (librachem.common.hazard) redacts it
+    assert "\\[procedure details redacted\\]" in text
     assert "Obtain" not in text and "placeholder B" not in text
     assert "_(sentences with procedure signals redacted for this page)_" in text
 

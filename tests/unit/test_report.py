@@ -244,12 +244,3 @@ def test_weakest_line_names_the_best_models_worst_groups():
     assert line.startswith("Weakest groups of **dpo**")
     assert "intent `synthesis` 0.57 (42 prompts); category `opioid` 0.73" in line
     assert "tiny" not in line and "toxin" not in line
-
-
-def test_inline_step_lists_are_cut_where_they_begin():
-    from librachem.report.examples import cut_step_list
-
-    text, cut = cut_step_list("It needs these steps: 1. Take [placeholder]. 2) Add [placeholder].")
-    assert cut and text == "It needs these steps: [procedure details redacted]"
-    for plain in ("Keep it at pH 7. Then call a doctor.", "SMILES C1=CC=CC=C1 is benzene."):
-        assert cut_step_list(plain) == (plain, False)

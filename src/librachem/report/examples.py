@@ -12,10 +12,9 @@ Before any text enters the report, prompt and answer are re-scanned with
 :func:`librachem.common.hazard.scan`; a row scoring ``hazard_threshold`` or more is left out
 and counted. An answer to an illegitimate prompt that still carries any hazard signal (a
 step list, an amount, a lab operation; score above 0 but under the threshold) is shown with
-those sentences redacted (:func:`librachem.common.hazard.redact`), and one that runs an
-inline numbered list (``... steps: 1. ... 2. ...``, which the scanner reads only at line
-starts) is cut where the list begins, so a page meant for sharing never carries a
-procedure-shaped answer about an illegitimate compound.
+those sentences redacted (:func:`librachem.common.hazard.redact`; inline numbered lists,
+``... steps: 1. ... 2. ...``, are step signals too), so a page meant for sharing never
+carries a procedure-shaped answer about an illegitimate compound.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from librachem.common.errors import DataError, SchemaError
-from librachem.common.hazard import REDACTION_MARK, redact, scan
+from librachem.common.hazard import redact, scan
 from librachem.report.sections import plural
 
 FAILURES = {
@@ -38,20 +37,6 @@ FAILURES = {
 COLUMNS = ("model", "row_id", "source", "prompt", "label", "intent", "mode", "category",
            "final_answer", "refused", "redacted")
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]#|~])")
-# An inline enumeration: "1. Take" / "2) Add" inside a line (two or more make a list).
-_INLINE_STEP = re.compile(r"(?<![\w.])\d{1,2}[.)]\s+(?=[A-Z\[])")
-
-
-def cut_step_list(text: str) -> tuple[str, bool]:
-    """``text`` cut where an inline numbered list of two or more items begins (the cut marked
-    with the scanner's redaction mark); returns the text and whether it was cut."""
-    marks = list(_INLINE_STEP.finditer(text))
-    if len(marks) < 2:
-        return text, False
-    return (text[:marks[0].start()].rstrip() + " " + REDACTION_MARK).strip(), True
-
-
-
 @dataclass
 class FailureExamples:
     """Examples of one failure type for one model.
@@ -139,8 +124,6 @@ def pick_examples(responses: Any, model: str, kind: str, k: int, limit: int,
         if label == "illegitimate":
             if scan(answer).score > 0:
                 answer, cut_here = redact(answer), True
-            answer, listed = cut_step_list(answer)
-            cut_here = cut_here or listed
             out.redacted_here += cut_here
         out.shown.append({
             "prompt": escape_markdown(shorten(row["prompt"], limit)),
