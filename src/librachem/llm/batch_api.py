@@ -86,6 +86,7 @@ __all__ = ["BATCH_STAT_KEYS", "STATE_DIR", "BatchClient"]
 
 log = logging.getLogger(__name__)
 
+
 class BatchClient:
     """The ``openai_batch`` backend (see module docstring).
 
