@@ -25,7 +25,7 @@ def _raw(c: Completion) -> str:
 
 def judge_rows(rows: list[dict], judge: JudgeParams, client: Any | None) -> None:
     """Fill the judge columns of ``rows`` in place (rule tier always; LLM tier when a client
-    is given). All requests of one judge go to the client in one batch."""
+    is given). The requests of every judge go to the client in one call."""
     from librachem.common.hazard import scan
     from librachem.common.refusal import detect
     from librachem.evaluate.judges import (
@@ -72,9 +72,12 @@ def judge_rows(rows: list[dict], judge: JudgeParams, client: Any | None) -> None
         jobs.append(("judge_quality", "judge_quality_raw", parse_score, legit,
                      [build_request("quality", llm, prompt=r["prompt"], response=r["final_answer"],
                                     reference=r["reference"], max_tokens=mt) for r in legit]))
-    for col, raw_col, parse, targets, reqs in jobs:
-        log.info("judge %s: %d requests", col, len(reqs))
-        for r, c in zip(targets, _ask(client, reqs)):
+    log.info("LLM judges: %s requests", {col: len(reqs) for col, _, _, _, reqs in jobs})
+    # one call for every judge: one round of the Batch API backend instead of one per judge
+    answers = iter(_ask(client, [req for *_, reqs in jobs for req in reqs]))
+    for col, raw_col, parse, targets, _reqs in jobs:
+        for r in targets:
+            c = next(answers)
             r[raw_col] = _raw(c)
             r[col] = parse(c.text) if c.ok else None
 
