@@ -15,7 +15,8 @@ tests read and steer its state directly. What it does, as the real API documents
   ``completed``, ``expired`` (the first half of the requests answered, the rest
   ``batch_expired`` lines in the error file), ``cancelled`` (same, ``batch_cancelled``) or
   ``failed`` (no files, an ``errors`` list).
-* Replies are the echo of the fake chat server (``tests.llm_server._reply``); a first user
+* Replies are the echo of the fake chat server (``tests.llm_server._reply``) or what
+  ``reply(body)`` returns; a first user
   message containing ``[batch400]`` gets an HTTP 400 line in the error file. Output lines
   are written in *reverse* input order, so a client that assumes order fails.
 
@@ -47,6 +48,8 @@ class MockState:
     max_requests: int = 50_000
     max_bytes: int = 200 * 1024 * 1024
     hold: bool = False
+    #: ``chat-completions body -> str`` (default: the echo of the fake chat server)
+    reply: Any = None
     fates: list[str] = field(default_factory=list)
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -181,9 +184,10 @@ def make_app(state: MockState) -> Any:
                                        "type": "invalid_request_error"}}}})
                 continue
             state.answered += 1
+            text = state.reply(line["body"]) if state.reply else "echo: " + users[-1]
             out.append({"id": f"req-{i}", "custom_id": cid, "error": None, "response": {
                 "status_code": 200, "request_id": f"r{i}",
-                "body": _reply(line["body"], "echo: " + users[-1], "stop")}})
+                "body": _reply(line["body"], text, "stop")}})
         out.reverse()  # results are unordered: prove the client matches by custom_id
         if out:
             b["output_file_id"] = add_file(_jsonl(out), "batch_output", "output.jsonl")

@@ -262,3 +262,47 @@ def test_model_alias_keeps_cache_keys_path_independent(tmp_path):
     assert a == b
     assert key("/home/ann/models/SmolLM2.gguf", None) != key("/srv/bob/SmolLM2.gguf", None)
     assert key("smollm2-135m-q4", None) == a  # the alias is what the key holds
+
+
+def test_generate_stage_through_the_batch_api(mock, tmp_path):
+    """The generate stage on openai_batch: one batch for all its chunks, batch counters in
+    its metrics, and a replay-only rerun on the online backend gives identical shards."""
+    import yaml
+    from click.testing import CliRunner
+
+    from librachem.common.shards import read_manifest
+    from librachem.llm.base import ChatRequest
+    from stages.generate import main
+    from tests.fakes import generator, tiny_seeds
+
+    def reply(body: dict) -> str:
+        text = generator(ChatRequest(messages=body["messages"], model=body["model"]))
+        assert isinstance(text, str)
+        return text
+
+    mock.state.reply = reply
+    seeds = tiny_seeds(tmp_path / "seeds.parquet", markers=("HAZARD",))
+
+    def run(llm: dict, *extra: str):
+        params = tmp_path / "params.yaml"
+        params.write_text(yaml.safe_dump({"generate": {
+            "generator": llm, "max_requests": {"train": 12, "test": 4}, "chunk_size": 8}}))
+        return CliRunner().invoke(main, [
+            "--params", str(params), "--seeds", str(seeds), "--out", str(tmp_path / "triplets"),
+            "--metrics", str(tmp_path / "data.json"), "--cache-dir", str(tmp_path / "cache"),
+            "--base-model-dir", str(tmp_path / "none"), *extra])
+
+    llm = {"backend": "openai_batch", "model": "gpt-4o-mini", "base_url": mock.base_url,
+           "api_key_env": "LIBRACHEM_TEST_KEY", "batch_poll_max_s": 0.01}
+    result = run(llm)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "data.json").read_text())["llm"]
+    assert mock.state.batches_created == 1  # 32 requests in chunks of 8: still one batch
+    assert metrics["cache_misses"] == 32 and metrics["batches_completed"] == 1
+    assert metrics["batches_submitted"] == 1 and metrics["failures"] == 0
+    assert metrics["cost_usd"] > 0
+    first = read_manifest(tmp_path / "triplets")["shards"]
+    result = run({**llm, "backend": "openai", "base_url": "http://127.0.0.1:9/v1"},
+                 "--replay-only")
+    assert result.exit_code == 0, result.output
+    assert read_manifest(tmp_path / "triplets")["shards"] == first
