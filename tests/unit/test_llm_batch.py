@@ -77,7 +77,7 @@ def test_matches_unordered_results(mock, tmp_path):
     assert stats["batches_submitted"] == 1 and stats["batches_completed"] == 1
     assert stats["cache_misses"] == len(PROMPTS) and stats["failures"] == 0
     assert states(tmp_path) == []  # results stored: the batch state is forgotten
-    again = make_client(p, cache_dir=tmp_path).complete(reqs)
+    again = make_client(p, cache_dir=tmp_path, replay_only=True).complete(reqs)
     assert [c.text for c in again] == [c.text for c in out] and all(c.cached for c in again)
     assert mock.state.batches_created == 1
 
