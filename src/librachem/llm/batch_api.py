@@ -316,6 +316,11 @@ class BatchClient:
                     return
                 self._sleep(wait)
                 wait = min(wait * 2, self.params.batch_poll_max_s)
+        except KeyboardInterrupt:
+            log.warning("interrupted: batch(es) %s keep running; rerun the stage to collect "
+                        "them (they are not submitted again)",
+                        ", ".join(str(st.batch_id) for st in active))
+            raise
         finally:
             bar.close()
 
