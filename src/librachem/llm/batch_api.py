@@ -34,7 +34,8 @@ cache (:meth:`BatchClient.results_stored`, called by
 process died between the two) is used again only for requests that succeeded in it;
 requests that failed in it are submitted afresh, as the online backend retries failures on
 a rerun. A state whose batch the server does not know (HTTP 404, e.g. another account's
-key) is dropped with a warning.
+key) is dropped with a warning; a collected state older than 30 days (when the Batch API
+deletes its files) is deleted.
 
 **Failures are recorded, never dropped.** A request with an error line (HTTP 4xx/5xx in
 the batch, ``batch_expired``, ``batch_cancelled``), no line at all, a malformed body, or in
@@ -73,6 +74,7 @@ from librachem.llm.batch_lines import (
     STATE_DIR,
     TERMINAL,
     BatchState,
+    batch_errors,
     chat_body,
     custom_id,
     input_line,
@@ -85,6 +87,10 @@ from librachem.llm.config import LLMParams
 __all__ = ["BATCH_STAT_KEYS", "STATE_DIR", "BatchClient"]
 
 log = logging.getLogger(__name__)
+
+#: batch input/output files expire after 30 days (openai ``files.create``: "files with
+#: purpose=batch expire after 30 days"); collected states older than that are deleted
+FILES_LIVE_S = 30 * 24 * 3600
 
 
 class BatchClient:
@@ -225,11 +231,17 @@ class BatchClient:
         if not self.state_dir.is_dir():
             return []
         states = []
+        stale = time.time() - FILES_LIVE_S
         for path in sorted(self.state_dir.glob("*.json")):
             try:
-                states.append(BatchState(**json.loads(path.read_bytes())))
+                st = BatchState(**json.loads(path.read_bytes()))
             except (ValueError, TypeError) as exc:
                 log.warning("ignoring unreadable batch state %s (%s)", path, exc)
+                continue
+            if st.collected and st.created_at < stale:  # its files are gone by now
+                path.unlink(missing_ok=True)
+                continue
+            states.append(st)
         return sorted(states, key=lambda s: s.created_at)
 
     def _resume(self, need: set[str]) -> list[BatchState]:
@@ -352,7 +364,7 @@ class BatchClient:
         b = self._batches[st.set_hash]
         self._stats[f"batches_{b.status}"] += 1
         if b.status != "completed":
-            log.warning("batch %s ended %s (%s)", b.id, b.status, _batch_errors(b))
+            log.warning("batch %s ended %s (%s)", b.id, b.status, batch_errors(b))
         results: dict[str, Completion | str] = {}
         for row in self._read_file(b.output_file_id) + self._read_file(b.error_file_id):
             cid = row.get("custom_id")
@@ -370,7 +382,7 @@ class BatchClient:
                 deliver(cid, got)
             else:
                 reason = got or (f"no result line in batch {b.id} (status {b.status}: "
-                                 f"{_batch_errors(b)})")
+                                 f"{batch_errors(b)})")
                 self._stats["batch_request_errors"] += 1
                 deliver(cid, self._failed(requests[where[cid][0]], f"batch {b.id}: {reason}"))
         st.collected, st.ok = True, sorted((set(st.ok) - st.assigned) | set(ok))
@@ -379,12 +391,6 @@ class BatchClient:
 
     def _failed(self, req: ChatRequest, reason: str) -> Completion:
         return Completion(text=None, finish_reason="error", model_id=req.model, error=reason)
-
-
-def _batch_errors(b: Any) -> str:
-    data = getattr(getattr(b, "errors", None), "data", None) or []
-    msgs = [f"{getattr(e, 'code', None) or 'error'}: {getattr(e, 'message', '')}" for e in data]
-    return "; ".join(msgs[:3]) or "no error given"
 
 
 def _message(exc: Any) -> str:

@@ -130,3 +130,10 @@ def row_outcome(row: dict[str, Any], req: ChatRequest) -> Completion | str:
         return parse_response(body, req)
     except RetryableError as exc:
         return str(exc)
+
+
+def batch_errors(b: Any) -> str:
+    """The first three ``errors`` of a batch object as ``code: message`` text."""
+    data = getattr(getattr(b, "errors", None), "data", None) or []
+    msgs = [f"{getattr(e, 'code', None) or 'error'}: {getattr(e, 'message', '')}" for e in data]
+    return "; ".join(msgs[:3]) or "no error given"
