@@ -32,8 +32,8 @@ class LLMParams(Section):
             (in-process transformers) or ``fake`` (scripted, for tests).
         model: model id sent to the server, a local HF folder / hub id, or the alias
             ``smollm2-135m-instruct`` (resolved to the folder the stage passes in).
-        model_alias: optional name that stands for ``model`` in the call-cache key
-            (``openai`` / ``openai_batch``): the server is still sent ``model``. Set it when
+        model_alias: optional name that stands for ``model`` in the call-cache key (and
+            the cached request); the backend is still sent ``model``. Set it when
             ``model`` is a file path or host-specific id (vLLM serving ``/data/m``, a GGUF
             path), so caches stay shared across machines. Changing it misses the cache.
         revision: optional pin of the model revision, part of the cache key. Local models
