@@ -14,11 +14,13 @@ What it does, in a temporary folder:
    the ``openai`` backend (``concurrency: 1``, the server's one slot; a dummy key variable);
 3. stops the server and runs ``generate``, ``augment`` and ``evaluate`` again: every call
    must come from the call cache (``cache_misses`` 0, no failures: a request would meet a
-   closed port) and the shards must be byte-identical.
+   closed port) and every output folder must be byte-identical.
 
 Prints one JSON object: per stage the calls, fresh requests, tokens, wall seconds and
-completion tokens per second of the first run, and the cache hits of the rerun. Exits 1
-when a check fails.
+completion tokens per second of the first run (per request, latency included), and the
+cache hits of the rerun; from the server's log, the chat requests it answered (must equal
+the requests sent) and its own generation / prompt-processing speed. Exits 1 when a check
+fails.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def profile(base_url: str) -> dict[str, Any]:
 def run_stage(name: str, args: list[str], work: Path, env: dict[str, str]) -> float:
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, str(REPO / "stages" / f"{name}.py"), *args],
-                          cwd=work, env=env, capture_output=True, text=True)
+                          check=False, cwd=work, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return time.perf_counter() - t0
@@ -116,6 +118,24 @@ def tree_digest(folder: Path) -> str:
     for f in sorted(p for p in folder.rglob("*") if p.is_file()):
         h.update(str(f.relative_to(folder)).encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
+
+
+def server_log_figures(log: Path) -> dict[str, float]:
+    """From llama-cpp-python's log: chat requests it answered, and its own generation and
+    prompt-processing speed (``llama_perf_context_print`` lines), tokens per second."""
+    import re
+
+    text = log.read_text(errors="replace")
+    gen = re.findall(r"(?<!prompt )eval time =\s*([\d.]+) ms /\s*(\d+) runs", text)
+    prompt = re.findall(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", text)
+
+    def rate(pairs: list[tuple[str, str]]) -> float:
+        ms = sum(float(a) for a, _ in pairs)
+        return round(sum(int(b) for _, b in pairs) / (ms / 1000), 1) if ms else 0.0
+
+    return {"server_chat_requests": text.count("POST /v1/chat/completions"),
+            "server_generation_tokens_per_s": rate(gen),
+            "server_prompt_tokens_per_s": rate(prompt)}
 
 
 def llm_stats(metrics: Path, stage: str) -> dict[str, dict[str, float]]:
@@ -192,6 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finally:
         server.terminate()
         server.wait(timeout=30)
+    report.update(server_log_figures(work / "server.log"))
     ok = True
     for stage, sargs in stage_args.items():  # the server is down: a request would fail
         run_stage(stage, sargs, work, env)
@@ -202,7 +223,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rec["rerun_identical_outputs"] = first[stage] == "".join(
             tree_digest(work / o) for o in outs_of[stage])
         ok &= rec["rerun_requests_sent"] == 0 and sum(b["failures"] for b in blocks.values()) \
-            == rec["failures"] and (stage == "evaluate" or rec["rerun_identical_outputs"])
+            == rec["failures"] and rec["rerun_identical_outputs"]
+    # one server request per call sent: no retries, no duplicates
+    ok &= report["server_chat_requests"] == sum(r["requests_sent"]
+                                                for r in report["stages"].values())
     report["ok"] = bool(ok)
     report["work"] = str(work)
     print(json.dumps(report))
