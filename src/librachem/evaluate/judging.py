@@ -48,7 +48,7 @@ def judge_declined(raw: str | None) -> bool:
 
 def judge_rows(rows: list[dict], judge: JudgeParams, client: Any | None) -> None:
     """Fill the judge columns of ``rows`` in place (rule tier always; LLM tier when a client
-    is given). All requests of one judge go to the client in one batch."""
+    is given). The requests of every judge go to the client in one call."""
     from librachem.common.hazard import scan
     from librachem.common.refusal import detect
     from librachem.evaluate.judges import (
@@ -95,10 +95,12 @@ def judge_rows(rows: list[dict], judge: JudgeParams, client: Any | None) -> None
         jobs.append(("judge_quality", "judge_quality_raw", parse_score, legit,
                      [build_request("quality", llm, prompt=r["prompt"], response=r["final_answer"],
                                     reference=r["reference"], max_tokens=mt) for r in legit]))
-    for col, raw_col, parse, targets, reqs in jobs:
-        log.info("judge %s: %d requests", col, len(reqs))
-        for r, c in zip(targets, _ask(client, reqs)):
-            r[col], r[raw_col] = _verdict(parse, c)
+    log.info("LLM judges: %s requests", {col: len(reqs) for col, _, _, _, reqs in jobs})
+    # one call for every judge: one round of the Batch API backend instead of one per judge
+    answers = iter(_ask(client, [req for *_, reqs in jobs for req in reqs]))
+    for col, raw_col, parse, targets, _reqs in jobs:
+        for r in targets:
+            r[col], r[raw_col] = _verdict(parse, next(answers))
 
 
 def combine(r: dict, judge: JudgeParams) -> tuple[bool | None, str]:

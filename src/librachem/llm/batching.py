@@ -24,6 +24,8 @@ def complete_in_chunks(client: Any, requests: list[ChatRequest], chunk_size: int
     for req in requests:
         unique.setdefault(render_key(req), req)
     keys = list(unique)
+    if getattr(client, "prefers_one_call", False):  # Batch API: one batch, not one per chunk
+        chunk_size = max(1, len(keys))
     done: dict[str, Completion] = {}
     for start in tqdm(range(0, len(keys), chunk_size), desc=desc, unit="chunk",
                       disable=not keys):

@@ -6,6 +6,9 @@ Backends (a plain mapping from ``LLMParams.backend``, no plugin machinery):
   or, by default, :func:`echo_script` (reply ``"echo: <last user message>"``).
 * ``local`` -- :class:`librachem.llm.local.LocalClient` (in-process transformers).
 * ``openai`` -- :class:`librachem.llm.openai_backend.OpenAIClient` (AsyncOpenAI).
+* ``openai_batch`` -- :class:`librachem.llm.batch_api.BatchClient` (the OpenAI Batch API;
+  needs a cache directory for its batch states; cache keys as ``openai``, prices at the
+  batch discount).
 
 Requests with a ``redact_threshold`` are hazard-scanned before a completion is cached or
 returned (:func:`librachem.llm.cache.sanitize`), on fresh calls and replays alike.
@@ -83,11 +86,19 @@ class CachedClient:
         replay_only: raise :class:`CacheMissError` on any miss, before calling anything.
         json_retries: re-asks for a reply that fails its JSON schema.
         prices: price table; ``None`` means the backend costs nothing (local, fake).
+        model_alias: ``(model, alias)``: requests for ``model`` are keyed as ``alias``
+            (``LLMParams.model_alias``); the backend still gets ``model``.
+        backend_stat_keys: counters of the backend's own ``stats()``, reported as 0 until
+            the backend is built (stable metrics keys on a full replay).
     """
+
+    #: ask callers that chunk their requests to send them in one call (Batch API backend)
+    prefers_one_call = False
 
     def __init__(self, backend_factory: Callable[[], Any], *, backend_name: str, revision: str,
                  cache: CallCache | None, replay_only: bool = False, json_retries: int = 2,
-                 prices: PriceTable | None = None) -> None:
+                 prices: PriceTable | None = None, model_alias: tuple[str, str] | None = None,
+                 backend_stat_keys: Sequence[str] = ()) -> None:
         if replay_only and cache is None:
             raise ConfigError("replay-only mode needs a cache directory (--cache-dir)")
         self._factory = backend_factory
@@ -102,6 +113,8 @@ class CachedClient:
         self._unpriced_models: set[str] = set()
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list[Future[None]] = []
+        self.model_alias = model_alias
+        self.backend_stat_keys = tuple(backend_stat_keys)
 
     @property
     def backend(self) -> Any:
@@ -111,10 +124,17 @@ class CachedClient:
 
     def key(self, request: ChatRequest) -> str:
         """The cache key of ``request`` under this client's backend and revision."""
-        return cache_key(request, backend=self.backend_name, revision=self.revision)
+        return cache_key(self._aliased(request), backend=self.backend_name,
+                         revision=self.revision)
+
+    def _aliased(self, request: ChatRequest) -> ChatRequest:
+        if self.model_alias is not None and request.model == self.model_alias[0]:
+            return replace(request, model=self.model_alias[1])
+        return request
 
     def _render(self, request: ChatRequest) -> dict[str, Any]:
-        return render_request(request, backend=self.backend_name, revision=self.revision)
+        return render_request(self._aliased(request), backend=self.backend_name,
+                              revision=self.revision)
 
     def stats(self) -> dict[str, float]:
         """Counters since construction: ``calls`` (requests answered), ``cache_hits``,
@@ -123,8 +143,13 @@ class CachedClient:
         ``parse_failures``, ``reasks``, ``prompt_tokens``, ``completion_tokens`` (of fresh
         calls, re-asks included), ``cost_usd`` (fresh calls to priced models only),
         ``unpriced_calls`` (fresh calls to a model missing from the price table: their cost
-        is unknown and NOT in ``cost_usd``), ``latency_s`` (sum over fresh calls)."""
-        return dict(self._stats)
+        is unknown and NOT in ``cost_usd``), ``latency_s`` (sum over fresh calls); plus the
+        backend's own counters named in ``backend_stat_keys`` (e.g. the Batch API's)."""
+        out = dict(self._stats)
+        if self.backend_stat_keys:
+            extra = self._backend.stats() if self._backend is not None else {}
+            out.update({k: float(extra.get(k, 0.0)) for k in self.backend_stat_keys})
+        return out
 
     # ------------------------------------------------------------------ main entry
     def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
@@ -220,6 +245,9 @@ class CachedClient:
         for fut in self._pending:
             fut.result()
         self._pending = []
+        stored = getattr(self._backend, "results_stored", None)
+        if stored is not None:  # e.g. the Batch API backend forgets its finished batches
+            stored()
         return done
 
     def _run_misses_inner(self, keys: list[str], reqs: list[ChatRequest]) -> dict[str, Completion]:
@@ -329,7 +357,26 @@ def make_client(params: LLMParams, *, cache_dir: Path | None, replay_only: bool 
         def factory() -> Any:
             from librachem.llm.openai_backend import OpenAIClient
             return OpenAIClient(params)
+    elif backend == "openai_batch":
+        from librachem.llm.batch_api import BATCH_STAT_KEYS, STATE_DIR, BatchClient
+        if cache is None:
+            raise ConfigError("backend openai_batch needs a call-cache directory (--cache-dir): "
+                              "its results and batch states live there, so a rerun never "
+                              "submits (and pays for) the same batch twice")
+        revision = params.revision or ""
+        prices = load_prices().for_batch()
+        state_dir = cache.root / STATE_DIR
+
+        def factory() -> Any:
+            return BatchClient(params, state_dir=state_dir)
     else:  # pragma: no cover - LLMParams validates the value
         raise ConfigError(f"unknown backend {backend!r}")
-    return CachedClient(factory, backend_name=backend, revision=revision, cache=cache,
-                        replay_only=replay_only, json_retries=params.json_retries, prices=prices)
+    batch = backend == "openai_batch"
+    client = CachedClient(
+        factory, backend_name="openai" if batch else backend,  # batch keys = online keys
+        revision=revision, cache=cache, replay_only=replay_only,
+        json_retries=params.json_retries, prices=prices,
+        model_alias=(params.model, params.model_alias) if params.model_alias else None,
+        backend_stat_keys=BATCH_STAT_KEYS if batch else ())
+    client.prefers_one_call = batch
+    return client

@@ -26,10 +26,16 @@ class LLMParams(Section):
     """One LLM endpoint and its decoding defaults.
 
     Attributes:
-        backend: ``openai`` (any OpenAI-compatible chat-completions server), ``local``
+        backend: ``openai`` (any OpenAI-compatible chat-completions server),
+            ``openai_batch`` (the OpenAI Batch API: half price, results within 24 h, see
+            :mod:`librachem.llm.batch_api`; same call-cache keys as ``openai``), ``local``
             (in-process transformers) or ``fake`` (scripted, for tests).
         model: model id sent to the server, a local HF folder / hub id, or the alias
             ``smollm2-135m-instruct`` (resolved to the folder the stage passes in).
+        model_alias: optional name that stands for ``model`` in the call-cache key (and
+            the cached request); the backend is still sent ``model``. Set it when
+            ``model`` is a file path or host-specific id (vLLM serving ``/data/m``, a GGUF
+            path), so caches stay shared across machines. Changing it misses the cache.
         revision: optional pin of the model revision, part of the cache key. Local models
             written by the ``base_model`` stage carry their own revision (the GGUF sha256);
             for ``openai`` set it to tell apart two servers that use the same model name.
@@ -49,12 +55,15 @@ class LLMParams(Section):
             capped at this many seconds.
         json_retries: re-asks when a JSON-schema reply does not validate; then the
             completion is recorded with ``finish_reason="parse_error"``.
+        batch_poll_max_s: longest wait (seconds) between two polls of a Batch API batch
+            (``openai_batch``); polling starts at 1 s and doubles up to it.
         fake_script: ``"package.module:function"`` taking a ``ChatRequest`` and returning a
             ``str`` (or ``Completion`` / exception instance); ``None`` = deterministic echo.
     """
 
-    backend: Literal["openai", "local", "fake"] = "local"
+    backend: Literal["openai", "openai_batch", "local", "fake"] = "local"
     model: str = DEFAULT_MODEL_ALIAS
+    model_alias: str | None = Field(default=None, min_length=1)
     revision: str | None = None
     base_url: str | None = None
     api_key_env: str = Field(default="OPENAI_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -70,6 +79,7 @@ class LLMParams(Section):
     backoff_max_s: float = Field(default=30.0, ge=0.0)
     retry_after_max_s: float = Field(default=60.0, ge=0.0)
     json_retries: int = Field(default=2, ge=0, le=10)
+    batch_poll_max_s: float = Field(default=60.0, gt=0.0)
     fake_script: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
     @field_validator("model")

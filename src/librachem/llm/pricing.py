@@ -31,6 +31,9 @@ class PriceTable(BaseModel):
     as_of: str
     source: str
     currency: str = "USD"
+    #: share of the list price the Batch API takes off (OpenAI pricing: "Batch API: save
+    #: 50% on inputs and outputs"); used by :meth:`for_batch`.
+    batch_discount: float = Field(default=0.5, ge=0, le=1)
     models: dict[str, Price]
 
     def price(self, model: str) -> Price | None:
@@ -43,6 +46,13 @@ class PriceTable(BaseModel):
         if p is None:
             return None
         return (prompt_tokens * p.input_per_m + completion_tokens * p.output_per_m) / 1e6
+
+    def for_batch(self) -> PriceTable:
+        """This table at Batch API prices: every price times ``1 - batch_discount``."""
+        f = 1.0 - self.batch_discount
+        return self.model_copy(update={"models": {
+            m: Price(input_per_m=p.input_per_m * f, output_per_m=p.output_per_m * f)
+            for m, p in self.models.items()}})
 
 
 _DEFAULT_NAME = "prices.yaml"
