@@ -213,7 +213,8 @@ def test_failed_generations_are_unjudged_and_stop_the_stage(tmp_path, models):
     ws = _workspace(tmp_path, {"models": [], "generation": {"max_new_tokens": 4},
                                "baselines": [{"name": "deadapi", "llm": {
                                    "backend": "fake", "model": "m", "max_retries": 0,
-                                   "fake_script": "tests.fakes:dead_generator"}}],
+                                   "fake_script": "tests.fakes:dead_generator"},
+                                   "max_llm_failure_rate": 1.0}],  # let the unjudged gate see it
                                "bootstrap": {"n_resamples": 0}})
     result = _invoke(ws, models)
     assert result.exit_code != 0
