@@ -222,6 +222,19 @@ def test_failed_generations_are_unjudged_and_stop_the_stage(tmp_path, models):
     assert not (ws / "eval.json").exists()
 
 
+def test_a_baseline_over_its_failure_gate_stops_the_stage_with_the_cause(tmp_path, models):
+    ws = _workspace(tmp_path, {"models": [], "generation": {"max_new_tokens": 4},
+                               "baselines": [{"name": "deadapi", "llm": {
+                                   "backend": "fake", "model": "m",
+                                   "fake_script": "tests.fakes:dead_generator"}}],
+                               "bootstrap": {"n_resamples": 0}})
+    result = _invoke(ws, models)
+    assert result.exit_code != 0
+    assert "evaluate.baselines[deadapi].max_llm_failure_rate" in result.output
+    assert "fake generator is down" in result.output  # the last error of its cause
+    assert not (ws / "eval.json").exists()
+
+
 def test_a_failed_rerun_leaves_no_stale_outputs(tmp_path, models):
     ws = _workspace(tmp_path, {"models": ["base"], "generation": {"max_new_tokens": 4},
                                "bootstrap": {"n_resamples": 0}})

@@ -20,7 +20,6 @@ cache miss, so a full replay never loads a model or needs an API key.
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,34 +39,13 @@ from librachem.llm.cache import (
 )
 from librachem.llm.config import LLMParams
 from librachem.llm.failures import CAUSES, FailureLog
+from librachem.llm.fake import echo_script, load_fake_script
 from librachem.llm.jsonreply import parse_json_reply, reask_request
 from librachem.llm.pricing import PriceTable, load_prices
 
 log = logging.getLogger(__name__)
 
 ResultCallback = Callable[[int, Completion], None]
-
-
-def echo_script(request: ChatRequest) -> str:
-    """Default fake reply: ``"echo: "`` + the last user message (deterministic)."""
-    users = [m["content"] for m in request.messages if m.get("role") == "user"]
-    return "echo: " + (users[-1] if users else "")
-
-
-def load_fake_script(spec: str) -> Callable[[ChatRequest], Any]:
-    """Import ``"package.module:function"``.
-
-    Raises:
-        ConfigError: the module or attribute does not exist or is not callable.
-    """
-    module_name, _, attr = spec.partition(":")
-    try:
-        func = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"fake_script = {spec!r}: cannot import ({exc})") from exc
-    if not callable(func):
-        raise ConfigError(f"fake_script = {spec!r}: not callable")
-    return func
 
 
 STAT_KEYS = ("calls", "cache_hits", "cache_misses", "failures", "parse_failures", "reasks",
