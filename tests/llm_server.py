@@ -34,7 +34,8 @@ Server-wide options (``RunningServer(...)`` / command line), for benches and rat
 
 ``GET /v1/models`` lists one model. ``GET /stats`` returns ``{"requests": total, "by_prompt": {first_user_message: attempts},
 "max_in_flight": most chat requests being handled at once, "rate_limited": 429s sent by the
-rate limit}``; ``POST /reset`` clears them.
+rate limit, "latency_sum_s": seconds of latency added to replies}``; ``POST /reset`` clears
+them.
 """
 
 from __future__ import annotations
@@ -71,11 +72,15 @@ class FaultServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.rate_limited = 0
+        self.latency_sum = 0.0
 
     def latency(self) -> float:
         if self.latency_dist == "lognormal":
-            return self.latency_s * math.exp(self.sigma * self.rng.gauss(0.0, 1.0))
-        return self.latency_s
+            value = self.latency_s * math.exp(self.sigma * self.rng.gauss(0.0, 1.0))
+        else:
+            value = self.latency_s
+        self.latency_sum += value
+        return value
 
     def admit(self) -> tuple[bool, list[tuple[bytes, bytes]]]:
         """Sliding-window request limit: (admitted, x-ratelimit headers)."""
@@ -115,10 +120,12 @@ class FaultServer:
         if path == "/stats":
             await _send(send, 200, {"requests": self.total, "by_prompt": dict(self.counts),
                                     "max_in_flight": self.max_in_flight,
-                                    "rate_limited": self.rate_limited})
+                                    "rate_limited": self.rate_limited,
+                                    "latency_sum_s": self.latency_sum})
         elif path == "/reset" and method == "POST":
             self.counts.clear()
             self.total = self.max_in_flight = self.rate_limited = 0
+            self.latency_sum = 0.0
             self.window.clear()
             await _send(send, 200, {"ok": True})
         elif path.endswith("/models") and method == "GET":
