@@ -31,6 +31,14 @@ Server-wide options (``RunningServer(...)`` / command line), for benches and rat
   window); every reply carries ``x-ratelimit-limit-requests``, ``-remaining-requests`` and
   ``-reset-requests`` as OpenAI sends them;
 * ``fail_first=N``: the first N attempts of every prompt get HTTP 500.
+* ``script="pkg.mod:func"``: replies come from ``func(ChatRequest)`` (a ``str``, a
+  ``Completion`` or an exception -> HTTP 500), as the ``fake`` backend's scripts, instead of
+  the echo; the tags above still apply.
+
+Each chat request's fingerprint (:func:`fingerprint`: messages, model, max_tokens, seed,
+temperature) is recorded: ``GET /fingerprints`` returns those answered 200 (``answered``)
+and those received (``received``) since the last reset, so a bench can tell which requests
+were sent again.
 
 ``GET /v1/models`` lists one model. ``GET /stats`` returns ``{"requests": total, "by_prompt": {first_user_message: attempts},
 "max_in_flight": most chat requests being handled at once, "rate_limited": 429s sent by the
@@ -58,7 +66,7 @@ class FaultServer:
 
     def __init__(self, latency_s: float = 0.0, *, latency_dist: str = "fixed",
                  sigma: float = 0.69, rpm: int = 0, rate_window_s: float = 60.0,
-                 fail_first: int = 0, seed: int = 0) -> None:
+                 fail_first: int = 0, seed: int = 0, script: str | None = None) -> None:
         self.latency_s = latency_s
         self.latency_dist = latency_dist
         self.sigma = sigma
@@ -66,6 +74,13 @@ class FaultServer:
         self.rate_window_s = rate_window_s
         self.fail_first = fail_first
         self.rng = random.Random(seed)
+        self.script = None
+        if script:
+            from librachem.llm.fake import load_fake_script
+
+            self.script = load_fake_script(script)
+        self.answered: set[str] = set()
+        self.received: list[str] = []
         self.window: deque[float] = deque()
         self.counts: Counter[str] = Counter()
         self.total = 0
@@ -127,7 +142,12 @@ class FaultServer:
             self.total = self.max_in_flight = self.rate_limited = 0
             self.latency_sum = 0.0
             self.window.clear()
+            self.answered.clear()
+            self.received.clear()
             await _send(send, 200, {"ok": True})
+        elif path == "/fingerprints":
+            await _send(send, 200, {"answered": sorted(self.answered),
+                                    "received": self.received})
         elif path.endswith("/models") and method == "GET":
             await _send(send, 200, {"object": "list", "data": [
                 {"id": "test-model", "object": "model", "owned_by": "tests"}]})
@@ -148,6 +168,9 @@ class FaultServer:
         self.total += 1
         self.counts[first] += 1
         attempt = self.counts[first]
+        mark = fingerprint(messages, req["model"], req.get("max_tokens"), req.get("seed"),
+                           req.get("temperature"))
+        self.received.append(mark)
         admitted, limit_headers = self.admit()
         if not admitted:
             self.rate_limited += 1
@@ -197,9 +220,44 @@ class FaultServer:
         if first.startswith("REPLIES:"):
             replies = first[len("REPLIES:"):].split("||")
             text = replies[min(len(users) - 1, len(replies) - 1)]
+        elif self.script is not None:
+            text, finish = self.scripted(req)
+            if text is None:
+                await _send(send, 500, _err(f"script failed: {finish}", "server_error"),
+                            limit_headers)
+                return
         else:
             text = "echo: " + last
+        self.answered.add(mark)
         await _send(send, 200, _reply(req, text, finish), limit_headers)
+
+    def scripted(self, req: dict[str, Any]) -> tuple[str | None, str]:
+        """(text, finish_reason) from the script; (None, reason) when it failed."""
+        from librachem.llm.base import ChatRequest, Completion
+
+        request = ChatRequest(messages=tuple(req["messages"]), model=req["model"],
+                              temperature=req.get("temperature", 0.0),
+                              max_tokens=req.get("max_tokens", 256),
+                              top_p=req.get("top_p", 1.0), seed=req.get("seed"))
+        try:
+            reply = self.script(request)
+        except Exception as exc:  # noqa: BLE001 - a raising script is a failed call
+            reply = exc
+        if isinstance(reply, Exception) or reply is None:
+            return None, f"{type(reply).__name__}: {reply}"
+        if isinstance(reply, Completion):
+            return reply.text, reply.finish_reason if reply.text is not None else "stop"
+        return str(reply), "stop"
+
+
+def fingerprint(messages: Any, model: str, max_tokens: Any, seed: Any, temperature: Any) -> str:
+    """Identity of a chat request as sent (16 hex chars): the same for the HTTP body and for
+    a call-cache entry's rendered request."""
+    import hashlib
+
+    canon = json.dumps([[{"role": m["role"], "content": m["content"]} for m in messages], model,
+                        int(max_tokens or 0), seed, float(temperature or 0.0)], sort_keys=True)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 
 def _err(message: str, code: str) -> dict[str, Any]:
@@ -302,6 +360,9 @@ class RunningServer:
     def reset(self) -> None:
         self._get("/reset", "POST")
 
+    def fingerprints(self) -> dict[str, Any]:
+        return self._get("/fingerprints")
+
 
 def main() -> None:
     import uvicorn
@@ -315,10 +376,11 @@ def main() -> None:
     ap.add_argument("--rate-window-s", type=float, default=60.0)
     ap.add_argument("--fail-first", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--script", default=None)
     args = ap.parse_args()
     app = FaultServer(args.latency_ms / 1000.0, latency_dist=args.latency_dist,
                       sigma=args.sigma, rpm=args.rpm, rate_window_s=args.rate_window_s,
-                      fail_first=args.fail_first, seed=args.seed)
+                      fail_first=args.fail_first, seed=args.seed, script=args.script)
     uvicorn.run(app, host="127.0.0.1", port=args.port,
                 log_level="warning", access_log=False, backlog=4096)
 
