@@ -64,10 +64,13 @@ def _judge_signatures() -> dict[str, tuple[str, str]]:
 
 
 def respond(request: Any) -> Any:
-    """Server-side script: judges get a fixed, parseable verdict; everything else the test
-    fake generator's answer (plausible per answer kind, rephrasings keep the subject)."""
+    """Server-side script: judges get a fixed, parseable verdict, a baseline (a bare user
+    turn) a short answer; everything else the test fake generator's answer (plausible per
+    answer kind, rephrasings keep the subject)."""
     from tests.fakes import generator
 
+    if len(request.messages) == 1 and request.messages[0]["role"] == "user":
+        return "Here is a short, general overview of the topic; ask a chemist for details."
     first, last = request.messages[0]["content"], request.messages[-1]["content"][:40]
     for name, (system, head) in _judge_signatures().items():
         if first == system and last == head:
@@ -163,8 +166,8 @@ def main() -> None:  # noqa: PLR0915 - one linear script, read top to bottom
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time-scale", type=float, default=10.0)
     ap.add_argument("--median-s", type=float, default=3.0, help="real median latency")
-    ap.add_argument("--rpm", type=int, default=500, help="real requests per minute "
-                    "(OpenAI's tier 1 for gpt-4o)")
+    ap.add_argument("--rpm", type=int, default=400, help="real requests per minute "
+                    "(below what 32 slots at the median latency would send, so it binds)")
     ap.add_argument("--kill-at", type=float, default=0.5,
                     help="share of augment's calls after which it is killed")
     ap.add_argument("--keep", type=Path, default=None, help="keep the workspace here")
