@@ -110,7 +110,7 @@ class GenerateParams(Section):
 
     seed: drives template choice and the per-split caps. intent_set: ``paper`` (synthesis
     only) or ``extended`` (intent axis). max_requests: caps per split. chunk_size: requests
-    per client call (cache progress granularity). generator: the LLM block.
+    per client call of the in-process backend (an API backend gets one streaming pool). generator: the LLM block.
     short_max_tokens: max_tokens of refusal / over_refusal / compliance answers (the
     generator's ``max_tokens`` applies to helpful answers). truncation: ``trim`` cuts a
     length-stopped answer back to its last sentence, ``drop`` drops it. max_answer_chars:

@@ -14,8 +14,20 @@ The returned :class:`CachedClient` answers ``complete(requests)`` in order (one
 :class:`Completion` per request, failures recorded, never dropped), serves repeated requests
 from the cache, sends identical requests in one batch only once, re-asks JSON-schema replies
 that do not validate (``json_retries`` times, then ``finish_reason="parse_error"``) and
-counts everything in :meth:`CachedClient.stats`. The backend is built lazily, on the first
-cache miss, so a full replay never loads a model or needs an API key.
+counts everything in :meth:`CachedClient.stats` (failures by cause, attempts and retries in
+:meth:`CachedClient.failure_report`, :mod:`librachem.llm.failures`). With
+``max_cost_usd`` set, a :class:`~librachem.llm.budget.Budget` admits each request before it
+is sent (:mod:`librachem.llm.budget`). The backend is built lazily, on the first cache miss,
+so a full replay never loads a model or needs an API key; building the ``openai`` backend
+checks its endpoint (:meth:`~librachem.llm.openai_backend.OpenAIClient.check_endpoint`).
+
+For backend authors (e.g. a Batch API backend): ``streams_results = True`` means
+``complete(requests, on_result=...)`` calls ``on_result(index, completion)`` as answers
+arrive; ``supports_admit = True`` additionally accepts ``admit=callable(index, request) ->
+reason | None`` (the budget; without it the whole call is admitted or refused up front);
+``transport_stats()`` (optional) feeds ``attempts``/``retries``/``rate_limited`` into
+:meth:`CachedClient.stats`. Add the backend's name to :data:`STREAMING_BACKENDS` to get
+all of a stage's requests in one call.
 """
 
 from __future__ import annotations
