@@ -139,12 +139,12 @@ def test_rate_limited_server_absorbs_429s_without_failures():
 
 def test_429_is_retried_until_the_deadline_not_max_retries():
     with RunningServer() as srv:
-        p = params(srv.base_url, max_retries=1, rate_limit_deadline_s=0.4,
+        p = params(srv.base_url, max_retries=0, rate_limit_deadline_s=1.5,
                    retry_after_max_s=0.05)
         client = make_client(p, cache_dir=None)
         [c] = client.complete(ask(p, "[429x999:ra=0.05] always limited"))
         attempts = srv.stats()["by_prompt"]["[429x999:ra=0.05] always limited"]
-        assert attempts > 2  # more than max_retries + 1: 429s go by the deadline
+        assert attempts > 1  # more than max_retries + 1: 429s go by the deadline
         assert c.error.startswith(f"gave up after {attempts} attempts (rate_limit_deadline_s")
         report = client.failure_report()
         assert report["failed_by_cause"]["rate_limit"] == 1 and report["exhausted_retries"] == 1
