@@ -140,10 +140,13 @@ def evaluate_api(ws: Path) -> dict[str, Any]:
     if params.xstest.enabled:
         prompts += load_xstest(params.xstest)
     rows: list[dict] = []
-    stand_in = GenerationParams(max_new_tokens=8, batch_size=64)
+    # sampled (a greedy random model repeats one token: blank answers nobody judges), a
+    # seed per model so the three answer sets differ, as the real models' would
+    stand_ins = [GenerationParams(max_new_tokens=8, batch_size=64, temperature=1.0, seed=seed)
+                 for seed in range(len(params.models))]
     for seed, name in enumerate(params.models):
         out, _ = generate_local(name, lambda _n, s=seed: (tiny_model(seed=s), tiny_tokenizer()),
-                                prompts, stand_in)
+                                prompts, stand_ins[seed])
         rows += [response_row(name, p, c, params.reasoning) for p, c in zip(prompts, out)]
     stats: dict[str, Any] = {"prompts": len(prompts)}
     for bl in params.baselines:
@@ -162,7 +165,7 @@ def evaluate_api(ws: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ the rehearsal
-def main() -> None:  # noqa: PLR0915 - one linear script, read top to bottom
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--time-scale", type=float, default=10.0)
     ap.add_argument("--median-s", type=float, default=3.0, help="real median latency")
@@ -172,6 +175,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script, read top to bottom
                     help="share of augment's calls after which it is killed")
     ap.add_argument("--keep", type=Path, default=None, help="keep the workspace here")
     ap.add_argument("--evaluate-part", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--evaluate-only", action="store_true",
+                    help="with --keep DIR of an earlier run: only evaluate's API work and the "
+                         "DVC figures (seeds, generate and augment are not rerun)")
     args = ap.parse_args()
     if args.evaluate_part is not None:  # child process: evaluate's API work
         print("EVALUATE " + json.dumps(evaluate_api(args.evaluate_part)), flush=True)
@@ -200,12 +206,6 @@ def main() -> None:  # noqa: PLR0915 - one linear script, read top to bottom
         figures["estimate"] = {f["stage"]: {"calls": f["calls"], "cost_usd": f["cost_usd"]}
                                for f in estimate(params, REPO / "data/seeds/compounds.csv")}
         common = ["--params", str(ws / "params.yaml")]
-        rc, secs, rss = _run([py, "stages/seeds.py", *common, "--compounds",
-                              str(REPO / "data/seeds/compounds.csv"), "--out",
-                              str(ws / "balanced.parquet"), "--metrics", str(ws / "seeds.json")],
-                             env, log)
-        assert rc == 0, f"seeds failed, see {log}"
-
         stages: dict[str, Any] = {}
 
         def server_delta(before: dict[str, Any]) -> dict[str, Any]:
@@ -213,62 +213,75 @@ def main() -> None:  # noqa: PLR0915 - one linear script, read top to bottom
             return {"requests": now["requests"] - before["requests"],
                     "rate_limited_429": now["rate_limited"] - before["rate_limited"],
                     "latency_sum_s": now["latency_sum_s"] - before["latency_sum_s"]}
+        if not args.evaluate_only:
+            rc, secs, rss = _run([py, "stages/seeds.py", *common, "--compounds",
+                                  str(REPO / "data/seeds/compounds.csv"), "--out",
+                                  str(ws / "balanced.parquet"), "--metrics", str(ws / "seeds.json")],
+                                 env, log)
+            assert rc == 0, f"seeds failed, see {log}"
 
-        # generate -------------------------------------------------------------------
-        before = srv.stats()
-        rc, secs, rss = _run([py, "stages/generate.py", *common, "--seeds",
-                              str(ws / "balanced.parquet"), "--out", str(ws / "triplets"),
-                              "--metrics", str(ws / "data.json"), "--cache-dir",
-                              str(ws / ".llm-cache")], env, log)
-        llm = json.loads((ws / "data.json").read_text())["llm"]
-        stages["generate"] = {"exit": rc, "wall_s": secs, "peak_rss_mib": rss,
-                              "calls": llm["calls"], "failed": llm["failures"],
-                              "cost_usd": llm["cost_usd"], **server_delta(before)}
-        assert rc == 0, f"generate failed, see {log}"
 
-        # augment, killed midway, then rerun ------------------------------------------
-        aug_cmd = [py, "stages/augment.py", *common, "--triplets", str(ws / "triplets"),
-                   "--out", str(ws / "augmented"), "--test-out", str(ws / "rephrased_test"),
-                   "--metrics", str(ws / "augment.json"), "--cache-dir", str(ws / ".llm-cache")]
-        expected = figures["estimate"]["augment"]["calls"]
-        before = srv.stats()
-        t0 = time.perf_counter()
-        with log.open("ab") as out:
-            proc = subprocess.Popen(aug_cmd, cwd=REPO, env=env, stdout=out,
-                                    stderr=subprocess.STDOUT)
-            while proc.poll() is None:
-                if srv.stats()["requests"] - before["requests"] >= args.kill_at * expected:
-                    os.kill(proc.pid, signal.SIGKILL)
-                    break
-                time.sleep(0.2)
-            _, status, usage = os.wait4(proc.pid, 0)
-        killed_s = time.perf_counter() - t0
-        time.sleep(2.0 / scale + 0.5)  # let the server finish what was in flight
-        first = server_delta(before)
-        answered = set(srv.fingerprints()["answered"])
-        cached = _cache_fingerprints(ws / ".llm-cache")
-        n_received = len(srv.fingerprints()["received"])
-        before = srv.stats()
-        rc, secs, rss = _run(aug_cmd, env, log)
-        rerun_received = srv.fingerprints()["received"][n_received:]
-        llm = json.loads((ws / "augment.json").read_text())["llm"]
-        second = server_delta(before)
-        stages["augment"] = {
-            "exit": rc, "wall_s": killed_s + secs, "peak_rss_mib": max(rss, usage.ru_maxrss
-                                                                        // 1024),
-            "calls": llm["calls"], "failed": llm["failures"], "cost_usd": llm["cost_usd"],
-            "requests": first["requests"] + second["requests"],
-            "rate_limited_429": first["rate_limited_429"] + second["rate_limited_429"],
-            "latency_sum_s": first["latency_sum_s"] + second["latency_sum_s"],
-            "killed_after_s": round(killed_s, 1),
-            "killed_status": os.waitstatus_to_exitcode(status),
-            "cached_at_kill": len(cached),
-            "answered_not_cached_at_kill": len(answered - cached),
-            "rerun_cache_hits": llm["cache_hits"],
-            "repeated_completed_calls": sum(1 for f in rerun_received if f in cached)}
-        assert rc == 0, f"augment rerun failed, see {log}"
+            # generate -------------------------------------------------------------------
+            before = srv.stats()
+            rc, secs, rss = _run([py, "stages/generate.py", *common, "--seeds",
+                                  str(ws / "balanced.parquet"), "--out", str(ws / "triplets"),
+                                  "--metrics", str(ws / "data.json"), "--cache-dir",
+                                  str(ws / ".llm-cache")], env, log)
+            llm = json.loads((ws / "data.json").read_text())["llm"]
+            stages["generate"] = {"exit": rc, "wall_s": secs, "peak_rss_mib": rss,
+                                  "calls": llm["calls"], "failed": llm["failures"],
+                                  "cost_usd": llm["cost_usd"], **server_delta(before)}
+            assert rc == 0, f"generate failed, see {log}"
+
+            # augment, killed midway, then rerun ------------------------------------------
+            aug_cmd = [py, "stages/augment.py", *common, "--triplets", str(ws / "triplets"),
+                       "--out", str(ws / "augmented"), "--test-out", str(ws / "rephrased_test"),
+                       "--metrics", str(ws / "augment.json"), "--cache-dir", str(ws / ".llm-cache")]
+            expected = figures["estimate"]["augment"]["calls"]
+            before = srv.stats()
+            t0 = time.perf_counter()
+            with log.open("ab") as out:
+                proc = subprocess.Popen(aug_cmd, cwd=REPO, env=env, stdout=out,
+                                        stderr=subprocess.STDOUT)
+                while proc.poll() is None:
+                    if srv.stats()["requests"] - before["requests"] >= args.kill_at * expected:
+                        os.kill(proc.pid, signal.SIGKILL)
+                        break
+                    time.sleep(0.2)
+                _, status, usage = os.wait4(proc.pid, 0)
+            killed_s = time.perf_counter() - t0
+            time.sleep(2.0 / scale + 0.5)  # let the server finish what was in flight
+            first = server_delta(before)
+            answered = set(srv.fingerprints()["answered"])
+            cached = _cache_fingerprints(ws / ".llm-cache")
+            n_received = len(srv.fingerprints()["received"])
+            before = srv.stats()
+            rc, secs, rss = _run(aug_cmd, env, log)
+            rerun_received = srv.fingerprints()["received"][n_received:]
+            llm = json.loads((ws / "augment.json").read_text())["llm"]
+            second = server_delta(before)
+            stages["augment"] = {
+                "exit": rc, "wall_s": killed_s + secs, "peak_rss_mib": max(rss, usage.ru_maxrss
+                                                                            // 1024),
+                "calls": llm["calls"], "failed": llm["failures"], "cost_usd": llm["cost_usd"],
+                "requests": first["requests"] + second["requests"],
+                "rate_limited_429": first["rate_limited_429"] + second["rate_limited_429"],
+                "latency_sum_s": first["latency_sum_s"] + second["latency_sum_s"],
+                "killed_after_s": round(killed_s, 1),
+                "killed_status": os.waitstatus_to_exitcode(status),
+                "cached_at_kill": len(cached),
+                "answered_not_cached_at_kill": len(answered - cached),
+                "rerun_cache_hits": llm["cache_hits"],
+                "repeated_completed_calls": sum(1 for f in rerun_received if f in cached)}
+            assert rc == 0, f"augment rerun failed, see {log}"
 
         # evaluate's API work ----------------------------------------------------------
+        if args.evaluate_only:  # an earlier run's evaluate answers go: the full load again
+            judge_model = params["evaluate"]["judge"]["llm"]["model"]
+            for f in (ws / ".llm-cache").glob("??/*.json"):
+                r = json.loads(f.read_bytes())["request"]
+                if len(r["messages"]) == 1 or r["model"] == judge_model:
+                    f.unlink()
         before = srv.stats()
         t0 = time.perf_counter()
         res = subprocess.run([py, str(Path(__file__)), "--evaluate-part", str(ws)], cwd=REPO,
@@ -300,6 +313,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script, read top to bottom
     figures["cache_files"] = len(files)
     figures["cache_bytes"] = sum(f.stat().st_size for f in files)
     dvc = [py, "-m", "dvc"]
+    shutil.rmtree(ws / "remote", ignore_errors=True)
+    shutil.rmtree(ws / ".dvc", ignore_errors=True)  # an earlier run's (--evaluate-only)
+    (ws / ".llm-cache.dvc").unlink(missing_ok=True)
     subprocess.run([*dvc, "init", "--no-scm", "-q"], cwd=ws, check=True)
     subprocess.run([*dvc, "remote", "add", "-d", "local", str(ws / "remote")], cwd=ws,
                    check=True)
@@ -323,11 +339,12 @@ def main() -> None:  # noqa: PLR0915 - one linear script, read top to bottom
         print(f"{name:<9} {st['calls']:>6} calls, {st['requests']:>6} requests, "
               f"{st['rate_limited_429']:>5} 429s absorbed, {st['failed']} failed, "
               f"{st['wall_s']:.0f} s vs ideal {st['ideal_s']:.0f} s ({st['vs_ideal']})")
-    a = stages["augment"]
-    print(f"augment killed after {a['killed_after_s']} s with {a['cached_at_kill']} answers "
-          f"cached ({a['answered_not_cached_at_kill']} answered but in flight); rerun: "
-          f"{a['rerun_cache_hits']} cache hits, {a['repeated_completed_calls']} completed calls "
-          "repeated")
+    a = stages.get("augment")
+    if a:
+        print(f"augment killed after {a['killed_after_s']} s with {a['cached_at_kill']} answers "
+              f"cached ({a['answered_not_cached_at_kill']} answered but in flight); rerun: "
+              f"{a['rerun_cache_hits']} cache hits, {a['repeated_completed_calls']} completed "
+              "calls repeated")
     print(f"call cache: {figures['cache_files']} files, {figures['cache_bytes'] / 1e6:.1f} MB; "
           f"dvc add {figures['dvc_add_s']} s, dvc push {figures['dvc_push_s']} s")
     if args.keep is None:
