@@ -12,6 +12,8 @@ Commands:
     profile         apply a packaged params profile (``paper``: paper scale) to params.yaml.
     plots           every `dvc plots` chart offline: DVC's page with the vega scripts
                     inlined, and one SVG + PNG per chart (vl-convert).
+    estimate        calls, prompt tokens, output-token bound, cost range and wall time of the
+                    LLM stages for the current params, before anything is paid (offline).
     refusal-report  accuracy, Cohen's kappa and per-class F1 of that detector on XSTest's
                     human-labelled completions (and the OpenAI RBR gold set), as JSON.
     verify-remote   check every object of the pipeline's outputs on a DVC remote (directory
@@ -107,6 +109,32 @@ def refusal_report(xstest_csv: Path | None, rbr_jsonl: tuple[Path, ...],
     if out_json is not None:
         write_json(out_json, report)
     click.echo(json.dumps(report, indent=2, sort_keys=True))
+
+
+@main.command("estimate")
+@click.option("--params", "params_path", default=Path("params.yaml"), show_default=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--profile", default=None, help="Estimate with this packaged profile applied "
+              "over the params (e.g. paper), without writing anything.")
+@click.option("--compounds", default=Path("data/seeds/compounds.csv"), show_default=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the figures as JSON.")
+@stage_main
+def estimate_cmd(params_path: Path, profile: str | None, compounds: Path, as_json: bool) -> None:
+    """What generate, augment and evaluate will ask of their LLMs and what it costs at list
+    prices: calls, prompt tokens (tiktoken), output-token bound, cost floor / expected /
+    ceiling and wall time at the configured concurrency and limits. Offline: no call is made."""
+    import json
+
+    from librachem.commands.estimate import estimate, render
+    from librachem.commands.profiles import apply_profile
+    from librachem.common.config import read_yaml
+
+    params = read_yaml(params_path)
+    if profile:
+        params = apply_profile(params, profile)
+    figures = estimate(params, compounds)
+    click.echo(json.dumps(figures, indent=2) if as_json else render(figures))
 
 
 @main.command("check-params")

@@ -248,11 +248,25 @@ def test_failed_generations_are_unjudged_and_stop_the_stage(tmp_path, models):
     ws = _workspace(tmp_path, {"models": [], "generation": {"max_new_tokens": 4},
                                "baselines": [{"name": "deadapi", "llm": {
                                    "backend": "fake", "model": "m", "max_retries": 0,
-                                   "fake_script": "tests.fakes:dead_generator"}}],
+                                   "fake_script": "tests.fakes:dead_generator"},
+                                   "max_llm_failure_rate": 1.0}],  # let the unjudged gate see it
                                "bootstrap": {"n_resamples": 0}})
     result = _invoke(ws, models)
     assert result.exit_code != 0
     assert "deadapi: 100.0% of responses could not be judged" in result.output
+    assert not (ws / "eval.json").exists()
+
+
+def test_a_baseline_over_its_failure_gate_stops_the_stage_with_the_cause(tmp_path, models):
+    ws = _workspace(tmp_path, {"models": [], "generation": {"max_new_tokens": 4},
+                               "baselines": [{"name": "deadapi", "llm": {
+                                   "backend": "fake", "model": "m",
+                                   "fake_script": "tests.fakes:dead_generator"}}],
+                               "bootstrap": {"n_resamples": 0}})
+    result = _invoke(ws, models)
+    assert result.exit_code != 0
+    assert "evaluate.baselines[deadapi].max_llm_failure_rate" in result.output
+    assert "fake generator is down" in result.output  # the last error of its cause
     assert not (ws / "eval.json").exists()
 
 

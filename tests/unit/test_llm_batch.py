@@ -24,7 +24,7 @@ from librachem.llm.batch_api import (
     custom_id,
     split_lines,
 )
-from librachem.llm.batching import complete_in_chunks
+from librachem.llm.batching import complete_all
 from librachem.llm.client import make_client
 from librachem.llm.config import LLMParams
 from librachem.llm.pricing import load_prices
@@ -238,7 +238,7 @@ def test_batch_discount_in_cost(mock, tmp_path):
 def test_chunked_stage_requests_go_in_one_batch(mock, tmp_path):
     p = params(mock.base_url)
     client = make_client(p, cache_dir=tmp_path)
-    done = complete_in_chunks(client, ask(p, *PROMPTS), chunk_size=2, desc="t")
+    done = complete_all(client, ask(p, *PROMPTS), chunk_size=2, desc="t")
     assert len(done) == len(PROMPTS) and mock.state.batches_created == 1
 
 

@@ -430,6 +430,9 @@ def test_a_server_that_stops_reading_the_body_times_out(monkeypatch):
     import threading
     import time
 
+    from librachem.llm.openai_backend import OpenAIClient
+
+    monkeypatch.setattr(OpenAIClient, "check_endpoint", lambda self: None)  # per-request path
     srv, held = _silent_server()
     p = LLMParams(backend="openai", model="m", api_key_env="LIBRACHEM_TEST_KEY",
                   base_url=f"http://127.0.0.1:{srv.getsockname()[1]}/v1", timeout_s=0.5,
@@ -453,8 +456,13 @@ def test_a_server_that_stops_reading_the_body_times_out(monkeypatch):
             sock.close()
 
 
-def test_connection_refused_is_reported_as_a_connection_error():
+def test_connection_refused_is_reported_as_a_connection_error(monkeypatch):
+    """Per request (the endpoint check passed, then the server went away)."""
     import socket
+
+    from librachem.llm.openai_backend import OpenAIClient
+
+    monkeypatch.setattr(OpenAIClient, "check_endpoint", lambda self: None)
 
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -483,13 +491,17 @@ def test_a_request_that_cannot_be_encoded_is_a_clear_error_before_anything_is_se
     assert ChatRequest(messages=[{"role": "user", "content": "flask \U0001f9ea"}], model="m")
 
 
-def test_an_answer_that_keeps_arriving_is_not_cut_off():
+def test_an_answer_that_keeps_arriving_is_not_cut_off(monkeypatch):
     """The read timeout is silence, not total time: a server that sends keep-alive bytes for
     6 x timeout_s before the JSON is answered (an overall attempt deadline cut this off)."""
     import json as _json
     import socket
     import threading
     import time
+
+    from librachem.llm.openai_backend import OpenAIClient
+
+    monkeypatch.setattr(OpenAIClient, "check_endpoint", lambda self: None)  # chat only
 
     def handle(conn: socket.socket) -> None:
         with conn:

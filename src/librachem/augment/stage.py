@@ -61,9 +61,10 @@ from librachem.common.triplets import (
     rows_to_table,
 )
 from librachem.llm.base import ChatRequest, Completion
-from librachem.llm.batching import complete_in_chunks, render_key
+from librachem.llm.batching import complete_all, render_key
 from librachem.llm.config import LLMParams
 from librachem.llm.models import check_model_dep
+from librachem.llm.failures import check_failure_rate
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ class AugmentParams(Section):
     without running (or downloading) ``base_model``. DVC templating cannot drop a dep by a
     condition; a repeated dep is allowed. The local backend with the alias needs
     ``models/base``.
+    max_llm_failure_rate: fail above this share of LLM calls that failed for good
+    (transport errors after retries, 4xx): failed calls would otherwise only show as
+    dropped variants and the stage would pass with fewer rows. chunk_size: requests per
+    client call for the in-process backend (an API backend gets one streaming pool).
     """
 
     seed: int = Field(default=7, ge=0)
@@ -108,6 +113,7 @@ class AugmentParams(Section):
     num_perm: int = Field(default=64, ge=16)
     chunk_size: int = Field(default=64, ge=1)
     max_variant_drop_rate: float = Field(default=0.95, ge=0.0, le=1.0)
+    max_llm_failure_rate: float = Field(default=0.2, ge=0.0, le=1.0)
     rows_per_shard: int = Field(default=1000, ge=1)
     model_dep: str = Field(default="models/base", min_length=1)
 
@@ -270,8 +276,10 @@ def run_augment(triplets_dir: Path, out_dir: Path, test_out_dir: Path, metrics_p
 
     Raises:
         SchemaError: ``triplets_dir`` is not a valid triplet shard set.
-        QualityGateError: the variant drop rate is above ``max_variant_drop_rate``
-            (metrics written, no shards).
+        QualityGateError: more than ``max_llm_failure_rate`` of the LLM calls failed for
+            good, or the variant drop rate is above ``max_variant_drop_rate`` (metrics
+            written, no shards; old shards were removed at the start).
+        LLMError: the rephraser is unreachable, out of quota or over ``max_cost_usd``.
     """
     if classify is None:
         from librachem.common.refusal import classify
@@ -284,8 +292,8 @@ def run_augment(triplets_dir: Path, out_dir: Path, test_out_dir: Path, metrics_p
     roles_n = {role: params.n_variants(role) for role in ROLES}
     jobs = plan_jobs(train, roles_n, params, prompts)
     test_jobs = plan_jobs(test, {"prompt": params.test_prompt_variants}, params, prompts)
-    done = complete_in_chunks(client, [j.request for j in jobs + test_jobs], params.chunk_size,
-                              "augment")
+    done = complete_all(client, [j.request for j in jobs + test_jobs], params.chunk_size,
+                        "augment")
     model = next((c.model_id for c in done.values() if c.ok and c.model_id),
                  params.rephraser.model)
     drops = {role: Counter() for role in ROLES}
@@ -359,10 +367,14 @@ def run_augment(triplets_dir: Path, out_dir: Path, test_out_dir: Path, metrics_p
         "llm": {k: float(v) for k, v in sorted((client.stats() if hasattr(client, "stats")
                                                  else {}).items())},
     }
+    if hasattr(client, "failure_report"):
+        metrics["llm_failures"] = client.failure_report()
     write_json(metrics_path, metrics)
     log.info("augment: %d train parents -> %d rows; %d rephrased test prompts; drops %s",
              len(train), len(rows), len(test_rows),
              {role: dict(c) for role, c in drops.items()})
+    check_failure_rate("augment", "augment.max_llm_failure_rate", client,
+                       params.max_llm_failure_rate, metrics_path)
     if metrics["variant_drop_rate"] > params.max_variant_drop_rate:
         raise QualityGateError(
             f"augment dropped {dropped}/{asked} variants (rate {metrics['variant_drop_rate']:.3f}"

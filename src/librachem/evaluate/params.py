@@ -97,10 +97,12 @@ class BootstrapParams(Section):
 
 
 class BaselineParams(Section):
-    """A baseline model served through the LLM layer; ``name`` is its metrics key."""
+    """A baseline model served through the LLM layer; ``name`` is its metrics key;
+    ``max_llm_failure_rate``: the stage fails when more of its calls failed for good."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     llm: LLMParams
+    max_llm_failure_rate: float = Field(default=0.1, ge=0.0, le=1.0)
 
     @field_validator("name")
     @classmethod

@@ -68,6 +68,7 @@ from librachem.evaluate.outputs import (
 from librachem.evaluate.params import SOURCES, EvalPaths, EvaluateParams
 from librachem.evaluate.probe import probing
 from librachem.evaluate.prompts import load_prompts, load_xstest, stratified_sample
+from librachem.llm.failures import check_failure_rate, summary
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,10 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
         ConfigError: bad judge or baseline LLM params.
         QualityGateError: a model's unjudged share exceeds ``judge.max_unjudged_rate`` or its
             empty-answer share ``judge.max_empty_rate``, more than ``judge.max_error_rate``
-            of the LLM judge's calls failed for good, or one LLM judge's parse-failure or
-            refusal share is over its gate (:func:`check_gates`).
+            of the LLM judge's calls failed for good, one LLM judge's parse-failure or
+            refusal share is over its gate (:func:`check_gates`), or more than a baseline's
+            ``max_llm_failure_rate`` of its calls failed (the message gives the failures by
+            cause; outputs were removed at the start).
         LLMError: a judge or baseline backend failed for good (e.g. missing API key).
     """
     import polars as pl
@@ -145,8 +148,10 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
                                redact_threshold=(params.judge.redact_threshold
                                                  if is_sensitive(p) else None))
                 for p in prompts]
-        completions = client.complete(reqs)
-        llm_stats[bl.name] = client.stats()
+        completions = client.complete(reqs, desc=f"evaluate {bl.name}")
+        llm_stats[bl.name] = {**client.stats(), "failures_detail": client.failure_report()}
+        check_failure_rate("evaluate", f"evaluate.baselines[{bl.name}].max_llm_failure_rate",
+                           client, bl.max_llm_failure_rate, "the baseline's endpoint")
         rows += [response_row(bl.name, p, c, params.reasoning) for p, c in zip(prompts, completions)]
     names = local + [b.name for b in params.baselines]
 
@@ -156,7 +161,8 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
                                    replay_only=paths.replay_only, local_model_dir=paths.base)
     judge_rows(rows, params.judge, judge_client)
     if judge_client is not None:
-        llm_stats["judge"] = stats = judge_client.stats()
+        stats = judge_client.stats()
+        llm_stats["judge"] = {**stats, "failures_detail": judge_client.failure_report()}
         if stats["calls"] and stats["failures"] - stats["parse_failures"] > \
                 params.judge.max_error_rate * stats["calls"]:
             raise QualityGateError(
@@ -164,7 +170,7 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
                 f"{int(stats['calls'])} LLM judge calls failed (transport errors after retries, "
                 f"over evaluate.judge.max_error_rate = {params.judge.max_error_rate}); is the "
                 f"judge at {params.judge.llm.base_url or params.judge.llm.backend} reachable? "
-                "Nothing was written.")
+                f"{summary(judge_client.failure_report())}. Nothing was written.")
     for r in rows:
         finish_row(r, params.judge)
     n_redacted = redact_hazardous(rows, params.judge.redact_threshold)

@@ -10,9 +10,11 @@ shards per split (:mod:`librachem.common.shards`, schema :data:`librachem.common
 with the manifest last, plus ``metrics/data.json``.
 
 Every LLM call goes through the client given (the stage passes the cached client of
-:func:`librachem.llm.client.make_client`); requests are sent in chunks of
-``chunk_size`` so a killed run has cached every finished chunk, and a rerun replays them
-(no repeat call) and gives identical output.
+:func:`librachem.llm.client.make_client`); requests go out through
+:func:`librachem.llm.batching.complete_all` (one streaming pool for an API backend, chunks
+of ``chunk_size`` for the in-process one), each answer cached as it arrives, so a killed
+run keeps every finished call and a rerun replays them (no repeat call) and gives
+identical output.
 """
 
 from __future__ import annotations
@@ -60,9 +62,10 @@ from librachem.generate.requests import (
     read_seeds,
 )
 from librachem.llm.base import ChatRequest, Completion
-from librachem.llm.batching import complete_in_chunks, render_key
+from librachem.llm.batching import complete_all, render_key
 from librachem.llm.config import LLMParams
 from librachem.llm.models import check_model_dep
+from librachem.llm.failures import check_failure_rate
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +111,7 @@ class GenerateParams(Section):
 
     seed: drives template choice and the per-split caps. intent_set: ``paper`` (synthesis
     only) or ``extended`` (intent axis). max_requests: caps per split. chunk_size: requests
-    per client call (cache progress granularity). generator: the LLM block.
+    per client call of the in-process backend (an API backend gets one streaming pool). generator: the LLM block.
     short_max_tokens: max_tokens of refusal / over_refusal / compliance answers (the
     generator's ``max_tokens`` applies to helpful answers). truncation: ``trim`` cuts a
     length-stopped answer back to its last sentence, ``drop`` drops it. max_answer_chars:
@@ -356,26 +359,24 @@ def run_generate(seeds_path: Path, out_dir: Path, metrics_path: Path, params: Ge
                         params.max_requests.model_dump(), params.seed, params.intent_weights)
     log.info("phase 1: %d requests from %d seeds rows", len(reqs), len(seeds))
     pairs = chat_requests(reqs, prompts, params)
-    done = complete_in_chunks(client, [r for pair in pairs for r in pair], params.chunk_size,
-                              "generate")
+    done = complete_all(client, [r for pair in pairs for r in pair], params.chunk_size,
+                        "generate")
     tally = Tally()
     rows = build_rows(reqs, pairs, done, prompts, params, classify, tally)
     stats = client.stats() if hasattr(client, "stats") else {}
     metrics = data_metrics(reqs, rows, tally, stats, tuple(i.name for i in templates.intents))
+    if hasattr(client, "failure_report"):
+        metrics["llm_failures"] = client.failure_report()
     write_json(metrics_path, metrics)
     log.info("phase 2: %d rows kept, %d dropped %s, %d fallbacks", len(rows),
              metrics["dropped"], dict(tally.drops), sum(tally.fallbacks.values()))
+    check_failure_rate("generate", "generate.max_llm_failure_rate", client,
+                       params.max_llm_failure_rate, metrics_path)
     if metrics["drop_rate"] > params.max_drop_rate:
         raise QualityGateError(
             f"generate dropped {metrics['dropped']}/{len(reqs)} requests "
             f"(rate {metrics['drop_rate']:.3f} > generate.max_drop_rate "
             f"{params.max_drop_rate}); reasons {dict(tally.drops)}; see {metrics_path}")
-    calls, failed = stats.get("calls", 0), stats.get("failures", 0)
-    if calls and failed / calls > params.max_llm_failure_rate:
-        raise QualityGateError(
-            f"generate: {int(failed)} of {int(calls)} LLM calls failed (rate "
-            f"{failed / calls:.3f} > generate.max_llm_failure_rate "
-            f"{params.max_llm_failure_rate}); is the generator reachable? see {metrics_path}")
     for split in SPLITS:
         for label in ("legitimate", "illegitimate"):
             asked = sum(r.split == split and r.label == label for r in reqs)

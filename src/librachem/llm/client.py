@@ -17,13 +17,24 @@ The returned :class:`CachedClient` answers ``complete(requests)`` in order (one
 :class:`Completion` per request, failures recorded, never dropped), serves repeated requests
 from the cache, sends identical requests in one batch only once, re-asks JSON-schema replies
 that do not validate (``json_retries`` times, then ``finish_reason="parse_error"``) and
-counts everything in :meth:`CachedClient.stats`. The backend is built lazily, on the first
-cache miss, so a full replay never loads a model or needs an API key.
+counts everything in :meth:`CachedClient.stats` (failures by cause, attempts and retries in
+:meth:`CachedClient.failure_report`, :mod:`librachem.llm.failures`). With
+``max_cost_usd`` set, a :class:`~librachem.llm.budget.Budget` admits each request before it
+is sent (:mod:`librachem.llm.budget`). The backend is built lazily, on the first cache miss,
+so a full replay never loads a model or needs an API key; building the ``openai`` backend
+checks its endpoint (:meth:`~librachem.llm.openai_backend.OpenAIClient.check_endpoint`).
+
+For backend authors (e.g. a Batch API backend): ``streams_results = True`` means
+``complete(requests, on_result=...)`` calls ``on_result(index, completion)`` as answers
+arrive; ``supports_admit = True`` additionally accepts ``admit=callable(index, request) ->
+reason | None`` (the budget; without it the whole call is admitted or refused up front);
+``transport_stats()`` (optional) feeds ``attempts``/``retries``/``rate_limited`` into
+:meth:`CachedClient.stats`. Add the backend's name to :data:`STREAMING_BACKENDS` to get
+all of a stage's requests in one call.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,6 +44,7 @@ from typing import Any
 
 from librachem.common.errors import CacheMissError, ConfigError
 from librachem.llm.base import ChatRequest, Completion
+from librachem.llm.budget import Budget, BudgetExceededError
 from librachem.llm.cache import (
     CallCache,
     cache_key,
@@ -41,6 +53,8 @@ from librachem.llm.cache import (
     sanitize,
 )
 from librachem.llm.config import LLMParams
+from librachem.llm.failures import CAUSES, FailureLog
+from librachem.llm.fake import echo_script, load_fake_script
 from librachem.llm.jsonreply import parse_json_reply, reask_request
 from librachem.llm.pricing import PriceTable, load_prices
 
@@ -49,30 +63,12 @@ log = logging.getLogger(__name__)
 ResultCallback = Callable[[int, Completion], None]
 
 
-def echo_script(request: ChatRequest) -> str:
-    """Default fake reply: ``"echo: "`` + the last user message (deterministic)."""
-    users = [m["content"] for m in request.messages if m.get("role") == "user"]
-    return "echo: " + (users[-1] if users else "")
-
-
-def load_fake_script(spec: str) -> Callable[[ChatRequest], Any]:
-    """Import ``"package.module:function"``.
-
-    Raises:
-        ConfigError: the module or attribute does not exist or is not callable.
-    """
-    module_name, _, attr = spec.partition(":")
-    try:
-        func = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ConfigError(f"fake_script = {spec!r}: cannot import ({exc})") from exc
-    if not callable(func):
-        raise ConfigError(f"fake_script = {spec!r}: not callable")
-    return func
-
-
 STAT_KEYS = ("calls", "cache_hits", "cache_misses", "failures", "parse_failures", "reasks",
-             "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls", "latency_s")
+             "prompt_tokens", "completion_tokens", "cost_usd", "unpriced_calls", "latency_s",
+             "sent")
+#: Backends that answer a stage's requests as they arrive (``on_result``), so a stage hands
+#: them all its requests at once (:func:`librachem.llm.batching.complete_all`).
+STREAMING_BACKENDS = frozenset({"openai"})
 
 
 class CachedClient:
@@ -90,6 +86,9 @@ class CachedClient:
             (``LLMParams.model_alias``); the backend still gets ``model``.
         backend_stat_keys: counters of the backend's own ``stats()``, reported as 0 until
             the backend is built (stable metrics keys on a full replay).
+        budget: the ``max_cost_usd`` guard (:mod:`librachem.llm.budget`), or ``None``.
+        streams: the backend answers as results arrive (see :data:`STREAMING_BACKENDS`);
+            the client then shows one progress bar over each ``complete`` call.
     """
 
     #: ask callers that chunk their requests to send them in one call (Batch API backend)
@@ -97,7 +96,8 @@ class CachedClient:
 
     def __init__(self, backend_factory: Callable[[], Any], *, backend_name: str, revision: str,
                  cache: CallCache | None, replay_only: bool = False, json_retries: int = 2,
-                 prices: PriceTable | None = None, model_alias: tuple[str, str] | None = None,
+                 prices: PriceTable | None = None, budget: Budget | None = None,
+                 streams: bool = False, model_alias: tuple[str, str] | None = None,
                  backend_stat_keys: Sequence[str] = ()) -> None:
         if replay_only and cache is None:
             raise ConfigError("replay-only mode needs a cache directory (--cache-dir)")
@@ -109,6 +109,9 @@ class CachedClient:
         self.replay_only = replay_only
         self.json_retries = json_retries
         self.prices = prices
+        self.budget = budget
+        self.streams = streams
+        self._failures = FailureLog()
         self._stats: dict[str, float] = dict.fromkeys(STAT_KEYS, 0.0)
         self._unpriced_models: set[str] = set()
         self._writer: ThreadPoolExecutor | None = None
@@ -143,19 +146,52 @@ class CachedClient:
         ``parse_failures``, ``reasks``, ``prompt_tokens``, ``completion_tokens`` (of fresh
         calls, re-asks included), ``cost_usd`` (fresh calls to priced models only),
         ``unpriced_calls`` (fresh calls to a model missing from the price table: their cost
-        is unknown and NOT in ``cost_usd``), ``latency_s`` (sum over fresh calls); plus the
-        backend's own counters named in ``backend_stat_keys`` (e.g. the Batch API's)."""
+        is unknown and NOT in ``cost_usd``), ``latency_s`` (sum over fresh calls), ``sent``
+        (requests handed to the backend, re-asks included), ``attempts`` / ``retries`` (HTTP
+        attempts and retries for ``openai``; ``sent`` and 0 for in-process backends),
+        ``rate_limited`` (429 replies absorbed or not), ``throttle_wait_s``,
+        ``exhausted_retries``, ``budget_refused`` and ``failed_<cause>`` for every cause of
+        :data:`librachem.llm.failures.CAUSES`. Plus the backend's own counters named in
+        ``backend_stat_keys`` (e.g. the Batch API's). Details: :meth:`failure_report`."""
         out = dict(self._stats)
+        transport = self._transport()
+        out["attempts"] = float(transport.get("attempts", self._stats["sent"]))
+        out["retries"] = float(transport.get("retries", 0))
+        out["rate_limited"] = float(transport.get("rate_limited", 0))
+        out["throttle_wait_s"] = float(transport.get("throttle_wait_s", 0.0))
+        out["exhausted_retries"] = float(self._failures.exhausted)
+        out["budget_refused"] = float(self.budget.refused if self.budget else 0)
+        for cause in CAUSES:
+            out[f"failed_{cause}"] = float(self._failures.by_cause.get(cause, 0))
         if self.backend_stat_keys:
             extra = self._backend.stats() if self._backend is not None else {}
             out.update({k: float(extra.get(k, 0.0)) for k in self.backend_stat_keys})
         return out
 
+    def _transport(self) -> dict[str, Any]:
+        backend = self._backend  # never built just to report
+        return backend.transport_stats() if hasattr(backend, "transport_stats") else {}
+
+    def failure_report(self) -> dict[str, Any]:
+        """Failed calls by cause with the last error text of each, attempts and retries
+        (by cause, with the last retry reason): see
+        :meth:`librachem.llm.failures.FailureLog.report`."""
+        stats = self.stats()
+        report = self._failures.report(int(stats["attempts"]), int(stats["retries"]))
+        transport = self._transport()
+        report["retries_by_cause"] = transport.get("retries_by_cause", {})
+        report["last_retry_error"] = transport.get("last_retry_error", {})
+        report["rate_limited"] = int(stats["rate_limited"])
+        return report
+
     # ------------------------------------------------------------------ main entry
-    def complete(self, requests: Sequence[ChatRequest]) -> list[Completion]:
-        """Answer ``requests`` in order.
+    def complete(self, requests: Sequence[ChatRequest], *, desc: str | None = None
+                 ) -> list[Completion]:
+        """Answer ``requests`` in order (``desc``: progress bar label, streaming backends).
 
         Raises:
+            BudgetExceededError: the next request could take the spend over
+                ``max_cost_usd``; what finished before is cached.
             CacheMissError: replay-only mode and some request is not cached.
             LLMError: a fatal backend error (missing key, quota exhausted, auth); completions
                 finished before it are already cached.
@@ -182,26 +218,55 @@ class CachedClient:
                 "(needs the backend, e.g. an API key).")
         self._stats["cache_hits"] += sum(1 for k in keys if k in results)
         if misses:
-            fresh = self._run_misses(list(misses.keys()), list(misses.values()))
+            fresh = self._run_misses(list(misses.keys()), list(misses.values()),
+                                     desc=desc, hits=len(results))
             results.update(fresh)
         out = [results[k] for k in keys]
         self._stats["calls"] += len(out)
         self._stats["failures"] += sum(1 for c in out if not c.ok)
+        for c in out:
+            self._failures.add(c)
         return out
 
     # ------------------------------------------------------------------ internals
     def _call_backend(self, reqs: list[ChatRequest],
                       on_result: ResultCallback | None) -> list[Completion]:
         backend = self.backend
-        if on_result is not None and getattr(backend, "streams_results", False):
-            return backend.complete(reqs, on_result=on_result)
+        budget = self.budget
+        self._stats["sent"] += len(reqs)
+
+        def settled(i: int, c: Completion) -> None:
+            if budget is not None:
+                budget.settle(i, reqs[i], c)
+            if on_result is not None:
+                on_result(i, c)
+
+        if getattr(backend, "streams_results", False):
+            kwargs: dict[str, Any] = {"on_result": settled}
+            if budget is not None:
+                if getattr(backend, "supports_admit", False):
+                    kwargs["admit"] = budget.admit
+                else:
+                    self._admit_all(reqs)
+            return backend.complete(reqs, **kwargs)
+        if budget is not None:
+            self._admit_all(reqs)
         out = backend.complete(reqs)
         if len(out) != len(reqs):
             raise RuntimeError(f"backend returned {len(out)} completions for {len(reqs)} requests")
-        if on_result is not None:
-            for i, c in enumerate(out):
-                on_result(i, c)
+        for i, c in enumerate(out):
+            settled(i, c)
         return out
+
+    def _admit_all(self, reqs: list[ChatRequest]) -> None:
+        """Budget check for a backend that sends a whole batch at once: all or nothing."""
+        assert self.budget is not None
+        for i, req in enumerate(reqs):
+            why = self.budget.admit(i, req)
+            if why is not None:
+                for j in range(i):
+                    self.budget.release(j)
+                raise BudgetExceededError(f"{why}; none of these {len(reqs)} requests was sent")
 
     def _store(self, key: str, req: ChatRequest, completion: Completion) -> Completion:
         completion = sanitize(req, replace(completion, cache_key=key, cached=False))
@@ -230,18 +295,26 @@ class CachedClient:
         else:
             self._stats["cost_usd"] += cost
 
-    def _run_misses(self, keys: list[str], reqs: list[ChatRequest]) -> dict[str, Completion]:
+    def _run_misses(self, keys: list[str], reqs: list[ChatRequest], *, desc: str | None = None,
+                    hits: int = 0) -> dict[str, Completion]:
         """Send the misses; cache entries are written by one background thread as results
         arrive (all writes are finished, and their errors raised, before returning -- also
-        when the backend raises, so finished work is kept)."""
+        when the backend raises, so finished work is kept). A streaming backend's progress
+        shows in one bar over the call's distinct requests (cache hits counted at once)."""
+        from tqdm.auto import tqdm
+
         self._stats["cache_misses"] += len(reqs)
         self._pending = []
+        bar = tqdm(total=hits + len(reqs), initial=hits, unit="req",
+                   desc=desc or f"{self.backend_name} {reqs[0].model}",
+                   disable=True if not self.streams else None)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-cache") as writer:
             self._writer = writer
             try:
-                done = self._run_misses_inner(keys, reqs)
+                done = self._run_misses_inner(keys, reqs, bar)
             finally:
                 self._writer = None
+                bar.close()
         for fut in self._pending:
             fut.result()
         self._pending = []
@@ -250,13 +323,15 @@ class CachedClient:
             stored()
         return done
 
-    def _run_misses_inner(self, keys: list[str], reqs: list[ChatRequest]) -> dict[str, Completion]:
+    def _run_misses_inner(self, keys: list[str], reqs: list[ChatRequest],
+                          bar: Any) -> dict[str, Completion]:
         done: dict[str, Completion] = {}
 
         def on_result(i: int, c: Completion) -> None:
             self._account(reqs[i], c)
             if reqs[i].json_schema is None:  # schema replies are stored after validation
                 done[keys[i]] = self._store(keys[i], reqs[i], c)
+            bar.update(1)
 
         first = self._call_backend(reqs, on_result)
         schema_idx = [i for i, r in enumerate(reqs) if r.json_schema is not None]
@@ -356,7 +431,7 @@ def make_client(params: LLMParams, *, cache_dir: Path | None, replay_only: bool 
 
         def factory() -> Any:
             from librachem.llm.openai_backend import OpenAIClient
-            return OpenAIClient(params)
+            return OpenAIClient(params, progress=False)  # the CachedClient's bar covers it
     elif backend == "openai_batch":
         from librachem.llm.batch_api import BATCH_STAT_KEYS, STATE_DIR, BatchClient
         if cache is None:
@@ -371,11 +446,15 @@ def make_client(params: LLMParams, *, cache_dir: Path | None, replay_only: bool 
             return BatchClient(params, state_dir=state_dir)
     else:  # pragma: no cover - LLMParams validates the value
         raise ConfigError(f"unknown backend {backend!r}")
+    budget = None
+    if params.max_cost_usd is not None and prices is not None:
+        budget = Budget(params.max_cost_usd, prices, label=f"{backend} {params.model}")
     batch = backend == "openai_batch"
     client = CachedClient(
         factory, backend_name="openai" if batch else backend,  # batch keys = online keys
         revision=revision, cache=cache, replay_only=replay_only,
-        json_retries=params.json_retries, prices=prices,
+        json_retries=params.json_retries, prices=prices, budget=budget,
+        streams=backend in STREAMING_BACKENDS,
         model_alias=(params.model, params.model_alias) if params.model_alias else None,
         backend_stat_keys=BATCH_STAT_KEYS if batch else ())
     client.prefers_one_call = batch

@@ -47,8 +47,18 @@ class LLMParams(Section):
         batch_size: prompts per forward batch (``local``).
         timeout_s: seconds (``openai``): connect timeout, read timeout (silence while waiting
             for the answer) and request-body write timeout, per attempt.
-        max_retries: retries after the first attempt for 429 / 5xx / timeout / connection
-            errors; then the request is recorded as failed.
+        max_retries: retries after the first attempt for 5xx / timeout / connection errors
+            and malformed replies; then the request is recorded as failed. 429s (rate limit)
+            are not counted here: see ``rate_limit_deadline_s``.
+        rate_limit_deadline_s: a request that keeps getting 429 (rate limit, not an
+            exhausted quota) is retried -- waiting ``Retry-After``, else the backoff -- until
+            this many seconds after its first attempt; then it is recorded as failed.
+        requests_per_minute / tokens_per_minute: client-side throttle (``None``: none); the
+            server's ``x-ratelimit-*`` headers and 429s throttle in any case
+            (:mod:`librachem.llm.ratelimit`). Tokens: prompt estimate + ``max_tokens``.
+        max_cost_usd: stop before this client's spend could exceed this many dollars at
+            list prices (:mod:`librachem.llm.budget`); ``None``: no bound. Priced backends
+            (``openai``) only; a model missing from the price table is then a config error.
         backoff_initial_s / backoff_max_s: bounds (seconds) of the full-jitter exponential
             backoff between attempts.
         retry_after_max_s: a 429/503 ``Retry-After`` header replaces the computed wait,
@@ -78,6 +88,10 @@ class LLMParams(Section):
     backoff_initial_s: float = Field(default=1.0, ge=0.0)
     backoff_max_s: float = Field(default=30.0, ge=0.0)
     retry_after_max_s: float = Field(default=60.0, ge=0.0)
+    rate_limit_deadline_s: float = Field(default=900.0, ge=0.0)
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, ge=0.0)
     json_retries: int = Field(default=2, ge=0, le=10)
     batch_poll_max_s: float = Field(default=60.0, gt=0.0)
     fake_script: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")

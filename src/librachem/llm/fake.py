@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from librachem.common.errors import ConfigError
 from librachem.llm.base import ChatRequest, Completion
 
 Reply = str | Completion | Exception
@@ -58,3 +61,25 @@ class FakeClient:
                                       completion_tokens=len(str(reply).split()),
                                       model_id=self.model_id))
         return out
+
+
+def echo_script(request: ChatRequest) -> str:
+    """Default fake reply: ``"echo: "`` + the last user message (deterministic)."""
+    users = [m["content"] for m in request.messages if m.get("role") == "user"]
+    return "echo: " + (users[-1] if users else "")
+
+
+def load_fake_script(spec: str) -> Callable[[ChatRequest], Any]:
+    """Import ``"package.module:function"``.
+
+    Raises:
+        ConfigError: the module or attribute does not exist or is not callable.
+    """
+    module_name, _, attr = spec.partition(":")
+    try:
+        func = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"fake_script = {spec!r}: cannot import ({exc})") from exc
+    if not callable(func):
+        raise ConfigError(f"fake_script = {spec!r}: not callable")
+    return func

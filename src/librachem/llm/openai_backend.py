@@ -7,16 +7,28 @@
   waiter at the back of the event loop's ready queue, which shortens the gap between
   answers and new sends when 64 answers arrive together (bench/llm_throughput.py: ~+1-2%).
 * The ``openai`` client's own retries are off (``max_retries=0``); tenacity retries
-  **429** (rate limit), **5xx**, **408** and other timeouts, connection errors and
-  malformed/empty 200 replies, ``max_retries`` times after the first attempt, waiting a full-jitter exponential
+  **5xx**, **408** and other timeouts, connection errors and malformed/empty 200 replies,
+  ``max_retries`` times after the first attempt, and **429** (rate limit) until
+  ``rate_limit_deadline_s`` after the request's first attempt (a limited server is a
+  matter of waiting, not of a fixed number of tries), waiting a full-jitter exponential
   backoff (``backoff_initial_s`` .. ``backoff_max_s``) or, when the server sends
   ``Retry-After`` / ``retry-after-ms``, that long (capped at ``retry_after_max_s``).
   After the bound the request is recorded as failed (``finish_reason="error"``, reason in
-  ``error``), never dropped.
+  ``error``, prefixed ``gave up after N attempts``), never dropped. Attempts, retries and
+  their causes are counted (:meth:`OpenAIClient.transport_stats`).
+* Throttling (:mod:`librachem.llm.ratelimit`): requests and tokens per minute from params
+  (``aiolimiter``), pauses from the server's ``x-ratelimit-*`` headers, and a 429 pauses
+  every worker, not only the one that got it.
+* Endpoint check: :meth:`OpenAIClient.check_endpoint` (``GET /models``) runs when the
+  client is built (the first cache miss of a stage), so a server that is down fails the
+  stage in seconds with the URL and the connection error.
+* Budget: ``complete(..., admit=...)`` asks before each first send; a refusal stops the
+  sending, lets requests in flight finish (and be cached) and raises
+  :class:`~librachem.llm.budget.BudgetExceededError` (:mod:`librachem.llm.budget`).
 * Fail at once, never retried: a 429 whose code/type is ``insufficient_quota`` and 401/403/404
   raise :class:`~librachem.common.errors.LLMError` with the server's message (every further request
-  would fail the same way, so the stage stops; completions already finished have been handed
-  to ``on_result`` and cached). Other 4xx (400, 409, 413, 422, ...) concern one request: it is
+  would fail the same way, so the stage stops sending at once; requests already in flight
+  finish and, like every completion finished before, are handed to ``on_result`` and cached). Other 4xx (400, 409, 413, 422, ...) concern one request: it is
   recorded as failed with the server's message.
 * Timeouts: ``timeout_s`` is the client's connect and read timeout (aiohttp's ``sock_read``:
   silence while waiting for the answer), and the body-write timeout: aiohttp starts its read
@@ -53,138 +65,52 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 from librachem.common.errors import LLMError
 from librachem.llm.aiohttp_transport import aiohttp_http_client
 from librachem.llm.base import ChatRequest, Completion
+from librachem.llm.budget import BudgetExceededError
 from librachem.llm.config import LLMParams
+from librachem.llm.failures import FailureLog
+from librachem.llm.openai_replies import (  # noqa: F401 - re-exported for callers and tests
+    FATAL_STATUS,
+    RequestFailed,
+    RetryableError,
+    backoff_seconds,
+    classify_error,
+    parse_response,
+    parse_retry_after,
+    timeout_reason,
+)
+from librachem.llm.ratelimit import RateLimiter, estimate_tokens
 
 log = logging.getLogger(__name__)
-
-FATAL_STATUS = frozenset({401, 403, 404})
-
-T = TypeVar("T")
-
-
-class RetryableError(Exception):
-    """A failed attempt worth retrying; ``retry_after`` in seconds when the server said."""
-
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-
-
-class RequestFailed(Exception):
-    """A request that must not be retried; recorded as a failed completion."""
-
-
-def parse_retry_after(headers: Any) -> float | None:
-    """Seconds from ``retry-after-ms`` / ``Retry-After`` (delta seconds or HTTP date)."""
-    if headers is None:
-        return None
-    ms = headers.get("retry-after-ms")
-    if ms is not None:
-        try:
-            return max(0.0, float(ms) / 1000.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def backoff_seconds(exc: BaseException | None, jittered: float, retry_after_max_s: float) -> float:
-    """Wait before the next attempt: the server's ``Retry-After`` (capped at
-    ``retry_after_max_s``) when it sent one, else the jittered exponential value."""
-    if isinstance(exc, RetryableError) and exc.retry_after is not None:
-        return min(exc.retry_after, retry_after_max_s)
-    return jittered
-
-
-def _server_message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if isinstance(body, dict) and body.get("message"):
-        return str(body["message"])
-    return str(getattr(exc, "message", exc))
-
-
-def timeout_reason(exc: BaseException) -> str:
-    """What a timeout exception of the client really was: ``connection error: ...`` when an
-    aiohttp connection error (not a timeout) caused it, ``timeout: <message>`` for an aiohttp
-    timeout with a message (e.g. the body-write timeout), else ``timeout``.
-
-    openai's vendored aiohttp transport raises every aiohttp ``ClientConnectionError``
-    (refused, reset, closed by the server) as httpx2's ``ConnectTimeout``, which the client
-    reports as ``APITimeoutError``; the original is in the ``__cause__`` chain. The walk stops
-    at the first aiohttp or asyncio timeout and at a repeated exception (cyclic chains).
-    """
-    import aiohttp
-
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
-            return f"timeout: {cause}" if str(cause) else "timeout"
-        if isinstance(cause, aiohttp.ClientConnectionError):
-            return f"connection error: {type(cause).__name__}: {cause}"
-        cause = cause.__cause__ or cause.__context__
-    return "timeout"
-
-
-def classify_error(exc: BaseException) -> BaseException:
-    """Map an ``openai`` exception to :class:`RetryableError`, :class:`RequestFailed` or a
-    fatal :class:`LLMError` (returned, not raised)."""
-    import openai
-
-    if isinstance(exc, openai.APITimeoutError):
-        return RetryableError(timeout_reason(exc))
-    if isinstance(exc, openai.APIConnectionError):
-        return RetryableError(f"connection error: {exc}")
-    if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        msg = _server_message(exc)
-        if status == 429:
-            if "insufficient_quota" in {getattr(exc, "code", None), getattr(exc, "type", None)}:
-                return LLMError(f"quota exhausted (HTTP 429 insufficient_quota): {msg}")
-            return RetryableError(f"HTTP 429: {msg}", parse_retry_after(exc.response.headers))
-        if status >= 500 or status == 408:
-            return RetryableError(f"HTTP {status}: {msg}", parse_retry_after(exc.response.headers))
-        if status in FATAL_STATUS:
-            return LLMError(f"HTTP {status} from the LLM server: {msg}")
-        return RequestFailed(f"HTTP {status}: {msg}")
-    if isinstance(exc, openai.APIResponseValidationError | ValueError):
-        return RetryableError(f"malformed response: {exc}")
-    return RequestFailed(f"{type(exc).__name__}: {exc}")
-
 
 class OpenAIClient:
     """Batch client for an OpenAI-compatible server (see module docstring).
 
+    Args:
+        params: the endpoint and its limits.
+        progress: show this client's own progress bar (``CachedClient`` shows one over the
+            whole stage instead and turns this off).
+        check_endpoint: at construction, ``GET {base_url}/models`` (:meth:`check_endpoint`).
+
     Raises:
-        LLMError: at construction when the API key variable is unset or empty.
+        LLMError: at construction when the API key variable is unset or empty, or the
+            endpoint is unreachable or refuses the key.
     """
 
     streams_results = True
+    supports_admit = True  # complete(..., admit=...): the max_cost_usd guard per request
 
-    def __init__(self, params: LLMParams, *, progress: bool = True) -> None:
+    def __init__(self, params: LLMParams, *, progress: bool = True,
+                 check_endpoint: bool = True) -> None:
         key = os.environ.get(params.api_key_env, "")
         if not key:
             raise LLMError(
@@ -197,23 +123,89 @@ class OpenAIClient:
                 logging.getLogger(name).setLevel(logging.WARNING)
         self.params = params
         self.progress = progress
-        self.attempts = 0  # total HTTP attempts (for tests and benchmarks)
+        self.attempts = 0  # total HTTP attempts
+        self.retries = 0
+        self.rate_limited = 0  # 429 replies (rate limit) seen, retried or not
+        self.retry_log = FailureLog()
+        self.limiter = RateLimiter(params.requests_per_minute, params.tokens_per_minute)
+        if check_endpoint:
+            self.check_endpoint()
 
-    def complete(self, requests: Sequence[ChatRequest],
-                 on_result: Callable[[int, Completion], None] | None = None) -> list[Completion]:
-        """Answer ``requests`` in order (runs its own event loop).
+    @property
+    def base_url(self) -> str:
+        return (self.params.base_url or os.environ.get("OPENAI_BASE_URL")
+                or "https://api.openai.com/v1").rstrip("/")
+
+    def check_endpoint(self) -> None:
+        """One cheap ``GET {base_url}/models`` before any chat request, so a stage whose
+        server is down fails in seconds (at most ``min(timeout_s, 10)``) with the URL and the
+        connection error, instead of after every request's retries. Any HTTP answer but
+        401/403 counts as up (servers without ``/models`` answer 404).
 
         Raises:
-            LLMError: a fatal error (quota, auth, unknown model) -- see module docstring.
+            LLMError: connection refused / DNS / TLS error / timeout, or HTTP 401/403.
         """
-        return asyncio.run(self._complete(list(requests), on_result))
+        import urllib.error
+        import urllib.request
+
+        url = self.base_url + "/models"
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self._key}"})
+        wait = min(self.params.timeout_s, 10.0)
+        try:
+            with urllib.request.urlopen(req, timeout=wait):
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code in (401, 403):
+                raise LLMError(f"the LLM endpoint {self.base_url} refused the key in "
+                               f"{self.params.api_key_env} (HTTP {exc.code} on GET {url}: "
+                               f"{exc.read()[:300].decode('utf-8', 'replace')})") from None
+            return
+        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise LLMError(
+                f"the LLM endpoint {self.base_url} is unreachable: {type(reason).__name__}: "
+                f"{reason} (checked with GET {url} within {wait:g} s, before any request was "
+                "sent). Is the server running, and are base_url and the port right?") from None
+
+    def transport_stats(self) -> dict[str, Any]:
+        """``attempts``, ``retries``, ``rate_limited`` (429s seen), ``throttle_wait_s``
+        (seconds attempts waited for the rate limiter), ``throttle_pauses``,
+        ``retries_by_cause`` and ``last_retry_error`` (see :mod:`librachem.llm.failures`)."""
+        return {"attempts": self.attempts, "retries": self.retries,
+                "rate_limited": self.rate_limited, "throttle_wait_s": self.limiter.wait_s,
+                "throttle_pauses": self.limiter.pauses,
+                "retries_by_cause": dict(self.retry_log.retries),
+                "last_retry_error": dict(self.retry_log.last_retry_error)}
+
+    def complete(self, requests: Sequence[ChatRequest],
+                 on_result: Callable[[int, Completion], None] | None = None,
+                 admit: Callable[[int, ChatRequest], str | None] | None = None,
+                 ) -> list[Completion]:
+        """Answer ``requests`` in order (runs its own event loop: one per stage when the
+        stage sends all its requests in one call, as :func:`librachem.llm.batching.complete_all`
+        does).
+
+        Args:
+            on_result: called with (index, completion) as each answer arrives.
+            admit: called before a request is first sent; a returned reason stops sending
+                (requests in flight finish), then :class:`BudgetExceededError` is raised.
+
+        Raises:
+            LLMError: a fatal error (quota, auth, unknown model) -- see module docstring;
+                requests in flight finish and are handed to ``on_result`` first.
+            BudgetExceededError: ``admit`` refused a request.
+        """
+        return asyncio.run(self._complete(list(requests), on_result, admit))
 
     async def _complete(self, requests: list[ChatRequest],
-                        on_result: Callable[[int, Completion], None] | None) -> list[Completion]:
+                        on_result: Callable[[int, Completion], None] | None,
+                        admit: Callable[[int, ChatRequest], str | None] | None,
+                        ) -> list[Completion]:
         import openai
         from tqdm.auto import tqdm
 
         out: list[Completion | None] = [None] * len(requests)
+        stop: list[BaseException] = []
         bar = tqdm(total=len(requests), desc=f"openai {self.params.model}", unit="req",
                    disable=None if self.progress else True)
         async with openai.AsyncOpenAI(api_key=self._key, base_url=self.params.base_url,
@@ -224,7 +216,18 @@ class OpenAIClient:
 
             async def worker() -> None:
                 for i, req in todo:
-                    c = await self._with_retries(client, req)
+                    if stop:
+                        return
+                    if admit is not None:
+                        why = admit(i, req)
+                        if why is not None:
+                            stop.append(BudgetExceededError(why))
+                            return
+                    try:
+                        c = await self._with_retries(client, req)
+                    except LLMError as exc:  # fatal: stop sending; the others finish theirs
+                        stop.append(exc)
+                        return
                     out[i] = c
                     if on_result is not None:
                         on_result(i, c)
@@ -235,56 +238,77 @@ class OpenAIClient:
                     for _ in range(min(self.params.concurrency, len(requests))):
                         tg.create_task(worker())
             except BaseExceptionGroup as group:
-                fatal = [e for e in _leaves(group) if isinstance(e, LLMError)]
-                raise (fatal[0] if fatal else group.exceptions[0]) from None
+                raise group.exceptions[0] from None
             finally:
                 bar.close()
+        if stop:
+            fatal = next((e for e in stop if not isinstance(e, BudgetExceededError)), stop[0])
+            done = sum(c is not None for c in out)
+            raise type(fatal)(f"{fatal} [{done} of {len(requests)} requests answered before "
+                              "the stop; they are cached, a rerun sends only the rest]")
         return [c for c in out if c is not None]
 
     async def _with_retries(self, client: Any, req: ChatRequest) -> Completion:
-        import random
-
         from tenacity import (
             AsyncRetrying,
             RetryError,
             retry_if_exception_type,
-            stop_after_attempt,
             wait_random_exponential,
         )
 
         p = self.params
         start = time.perf_counter()
+        tokens = estimate_tokens(req.messages, req.max_tokens)
         # Fast path: the first attempt runs outside tenacity (most requests need no retry;
         # this keeps per-request overhead at the level of a plain AsyncOpenAI loop).
         try:
-            return _with_latency(await self._attempt(client, req), time.perf_counter() - start)
+            return _with_latency(await self._attempt(client, req, tokens),
+                                 time.perf_counter() - start)
         except RequestFailed as exc:
             return self._failed(str(exc), start)
         except RetryableError as exc:
-            if p.max_retries == 0:
-                return self._failed(f"gave up after 1 attempts: {exc.reason}", start)
-            first_wait = random.uniform(0, min(p.backoff_initial_s, p.backoff_max_s))
-            await asyncio.sleep(backoff_seconds(exc, first_wait, p.retry_after_max_s))
+            pending: list[RetryableError] = [exc]
 
         jitter = wait_random_exponential(multiplier=p.backoff_initial_s * 2, max=p.backoff_max_s)
+        other = [0]  # failed attempts that were not 429s (bounded by max_retries)
 
         def wait(state: Any) -> float:
-            exc = state.outcome.exception() if state.outcome else None
+            exc = state.outcome.exception()
+            if not (isinstance(exc, RetryableError) and exc.rate_limited):
+                other[0] += 1
             return backoff_seconds(exc, jitter(state), p.retry_after_max_s)
+
+        def stop(state: Any) -> bool:
+            exc = state.outcome.exception()
+            if isinstance(exc, RetryableError) and exc.rate_limited:  # until the deadline
+                return (time.perf_counter() - start + (state.upcoming_sleep or 0.0)
+                        > p.rate_limit_deadline_s)
+            return other[0] > p.max_retries
+
+        def before_sleep(state: Any) -> None:
+            exc = state.outcome.exception()
+            self.retries += 1
+            self.retry_log.retry(getattr(exc, "reason", str(exc)))
+            if isinstance(exc, RetryableError) and exc.rate_limited:
+                self.limiter.pause(state.upcoming_sleep or 0.0)  # every worker holds off
 
         attempts = 1
         try:
             async for attempt in AsyncRetrying(retry=retry_if_exception_type(RetryableError),
-                                               stop=stop_after_attempt(p.max_retries),
-                                               wait=wait, reraise=False):
+                                               stop=stop, wait=wait, before_sleep=before_sleep,
+                                               reraise=False):
                 with attempt:
+                    if pending:  # the fast path's failure is tenacity's first attempt
+                        raise pending.pop()
                     attempts += 1
-                    c = await self._attempt(client, req)
+                    c = await self._attempt(client, req, tokens)
             return _with_latency(c, time.perf_counter() - start)
         except RetryError as exc:
             last = exc.last_attempt.exception()
             reason = getattr(last, "reason", str(last))
-            return self._failed(f"gave up after {attempts} attempts: {reason}", start)
+            note = (f" (rate_limit_deadline_s {p.rate_limit_deadline_s:g} s)"
+                    if getattr(last, "rate_limited", False) else "")
+            return self._failed(f"gave up after {attempts} attempts{note}: {reason}", start)
         except RequestFailed as exc:
             return self._failed(str(exc), start)
 
@@ -292,7 +316,7 @@ class OpenAIClient:
         return Completion(text=None, finish_reason="error", model_id=self.params.model,
                           latency_s=time.perf_counter() - start, error=reason)
 
-    async def _attempt(self, client: Any, req: ChatRequest) -> Completion:
+    async def _attempt(self, client: Any, req: ChatRequest, tokens: int) -> Completion:
         import httpx2
         import openai
 
@@ -304,65 +328,29 @@ class OpenAIClient:
         if req.json_schema is not None:
             kwargs["response_format"] = {"type": "json_schema", "json_schema": {
                 "name": "reply", "schema": req.json_schema, "strict": False}}
+        limiter = self.limiter
+        await limiter.acquire(tokens)
         self.attempts += 1
         try:
             resp = await client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response)
+            limiter.observe(resp.headers)
             data = json.loads(resp.content)
         except openai.OpenAIError as exc:
+            response = getattr(exc, "response", None)
+            if response is not None:
+                limiter.observe(response.headers)
             mapped = classify_error(exc)
+            if getattr(mapped, "rate_limited", False):
+                self.rate_limited += 1
             raise mapped from None
         except ValueError as exc:  # JSON body that does not decode
             raise RetryableError(f"malformed response: {exc}") from None
+        finally:
+            limiter.release(tokens)
         return parse_response(data, req)
-
-
-def parse_response(data: Any, req: ChatRequest) -> Completion:
-    """Turn a decoded chat-completions JSON body into a :class:`Completion`.
-
-    Args:
-        data: the JSON body, ``{"choices": [{"message": {"content": ...}, "finish_reason":
-            ...}], "usage": {...}, "model": ...}`` (OpenAI chat-completions object).
-
-    Raises:
-        RetryableError: the response is not a usable completion (no choices, not an object,
-            empty content with finish reason ``stop``).
-    """
-    try:
-        choice = data["choices"][0]
-        text = choice["message"].get("content")
-        finish = choice.get("finish_reason") or "stop"
-        if text is not None and not isinstance(text, str):
-            raise TypeError(f"content is {type(text).__name__}, not a string")
-    except (AttributeError, IndexError, KeyError, TypeError) as exc:
-        raise RetryableError(f"malformed response ({type(exc).__name__}: {exc})") from None
-    usage = data.get("usage") or {}
-    try:
-        prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        completion_tokens = int(usage.get("completion_tokens") or 0)
-    except (AttributeError, TypeError, ValueError):
-        prompt_tokens = completion_tokens = 0
-    model_id = str(data.get("model") or req.model)
-    if finish == "content_filter":
-        return Completion(text=text or "", finish_reason="content_filter",
-                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                          model_id=model_id,
-                          error="content_filter: the provider's filter stopped the reply")
-    if not text:
-        raise RetryableError(f"empty content (finish_reason {finish})")
-    if finish not in {"stop", "length"}:
-        finish = "stop" if finish in {"eos", "end_turn", "tool_calls"} else finish
-    return Completion(text=text, finish_reason=finish, prompt_tokens=prompt_tokens,
-                      completion_tokens=completion_tokens, model_id=model_id)
 
 
 def _with_latency(c: Completion, latency: float) -> Completion:
     from dataclasses import replace
 
     return replace(c, latency_s=latency)
-
-
-def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
-    out: list[BaseException] = []
-    for e in group.exceptions:
-        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
-    return out

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from librachem.common.config import read_yaml
 from librachem.common.errors import ConfigError
@@ -24,7 +24,8 @@ class Price(BaseModel):
 
 
 class PriceTable(BaseModel):
-    """The whole price file: ``version``, ``as_of`` date, ``source``, ``currency``, ``models``."""
+    """The whole price file: ``version``, ``as_of`` date, ``source``, ``currency``, ``models``
+    and ``aliases`` (dated snapshot -> the family entry with the same list price)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     version: int
@@ -35,10 +36,24 @@ class PriceTable(BaseModel):
     #: 50% on inputs and outputs"); used by :meth:`for_batch`.
     batch_discount: float = Field(default=0.5, ge=0, le=1)
     models: dict[str, Price]
+    aliases: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _aliases_resolve(self) -> PriceTable:
+        for alias, target in self.aliases.items():
+            if target not in self.models:
+                raise ValueError(f"alias {alias!r} -> {target!r}: no such model entry")
+            if alias in self.models:
+                raise ValueError(f"{alias!r} is both a model entry and an alias")
+        return self
 
     def price(self, model: str) -> Price | None:
-        """Exact-id lookup; ``None`` when the model is not in the table."""
-        return self.models.get(model)
+        """Exact id, else its alias; ``None`` when the model is in neither (never guessed
+        from a name pattern: a new snapshot may have a new price)."""
+        found = self.models.get(model)
+        if found is None and model in self.aliases:
+            found = self.models[self.aliases[model]]
+        return found
 
     def cost(self, model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
         """Dollars for one call, or ``None`` when ``model`` has no price."""
