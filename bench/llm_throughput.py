@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from librachem.llm.batching import complete_all  # noqa: E402
-from librachem.llm.client import make_client  # noqa: E402
+from librachem.llm.factory import make_client
 from librachem.llm.config import LLMParams  # noqa: E402
 from tests.llm_server import RunningServer  # noqa: E402
 

@@ -130,7 +130,7 @@ def evaluate_api(ws: Path) -> dict[str, Any]:
     from librachem.evaluate.judging import is_sensitive, judge_rows
     from librachem.evaluate.params import EvaluateParams, GenerationParams
     from librachem.evaluate.prompts import load_prompts, load_xstest, stratified_sample
-    from librachem.llm.client import make_client
+    from librachem.llm.factory import make_client
     from librachem.llm.failures import check_failure_rate
     from tests.tiny_model import tiny_model, tiny_tokenizer
 

@@ -35,7 +35,7 @@ _File = click.Path(dir_okay=False, path_type=Path)
 def main(params_path: Path, triplets_dir: Path, out_dir: Path, test_out_dir: Path,
          metrics_path: Path, cache_dir: Path, base_model_dir: Path, replay_only: bool) -> None:
     """Rephrase prompts and answers of the train split, guard, combine, dedup, decontaminate."""
-    from librachem.llm.client import make_client
+    from librachem.llm.factory import make_client
     from librachem.llm.keys import require_keys
 
     params = load_section(AugmentParams, "augment", params_path)

@@ -33,7 +33,7 @@ _File = click.Path(dir_okay=False, path_type=Path)
 def main(params_path: Path, seeds_path: Path, out_dir: Path, metrics_path: Path,
          cache_dir: Path, base_model_dir: Path, replay_only: bool) -> None:
     """Craft requests from the seeds, have the generator answer them, write triplet shards."""
-    from librachem.llm.client import make_client
+    from librachem.llm.factory import make_client
     from librachem.llm.keys import require_keys
 
     params = load_section(GenerateParams, "generate", params_path)

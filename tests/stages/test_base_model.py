@@ -63,7 +63,7 @@ def test_conversion_answers_offline(tmp_path):
     assert tok_cfg["model_max_length"] == 2048
     assert "<|im_start|>" in (out / "chat_template.jinja").read_text()
 
-    from librachem.llm.client import make_client
+    from librachem.llm.factory import make_client
     from librachem.llm.config import LLMParams
 
     p = LLMParams(backend="local", max_tokens=16)

@@ -13,7 +13,7 @@ from librachem.common.refusal import classify
 from librachem.common.shards import MANIFEST, read_manifest, read_shards
 from librachem.common.triplets import AUGMENTED_SCHEMA
 from librachem.generate.stage import GenerateParams, run_generate
-from librachem.llm.client import make_client
+from librachem.llm.factory import make_client
 from librachem.llm.fake import FakeClient
 from tests.fakes import DieAfter, Killed, generator, tiny_seeds
 

@@ -14,7 +14,7 @@ from librachem.common.refusal import classify
 from librachem.common.shards import read_manifest, read_shards
 from librachem.common.triplets import TRIPLET_SCHEMA
 from librachem.generate.stage import GenerateParams, run_generate
-from librachem.llm.client import make_client
+from librachem.llm.factory import make_client
 from librachem.llm.fake import FakeClient
 from tests.fakes import DieAfter, Killed, generator, tiny_seeds
 

@@ -25,7 +25,7 @@ from librachem.llm.batch_api import (
     split_lines,
 )
 from librachem.llm.batching import complete_all
-from librachem.llm.client import make_client
+from librachem.llm.factory import make_client
 from librachem.llm.config import LLMParams
 from librachem.llm.pricing import load_prices
 from tests.batch_server import MockBatchServer
@@ -113,7 +113,7 @@ def _kill_after_submit(mock, cache: Path) -> None:
     """Run the backend in a child process, SIGKILL it once its batch exists (held
     in_progress by the mock), i.e. between submit and download."""
     script = (
-        "import sys; from librachem.llm.client import make_client; "
+        "import sys; from librachem.llm.factory import make_client; "
         "from librachem.llm.config import LLMParams; "
         f"p = LLMParams(backend='openai_batch', model='gpt-4o-mini', base_url={mock.base_url!r}, "
         "api_key_env='LIBRACHEM_TEST_KEY', batch_poll_max_s=0.01); "

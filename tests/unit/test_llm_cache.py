@@ -16,7 +16,8 @@ import pytest
 from librachem.common.errors import CacheMissError, ConfigError
 from librachem.llm.base import ChatRequest, Completion
 from librachem.llm.cache import CallCache, cache_key
-from librachem.llm.client import CachedClient, make_client
+from librachem.llm.client import CachedClient
+from librachem.llm.factory import make_client
 from librachem.llm.config import LLMParams
 
 REPO = Path(__file__).resolve().parents[2]
@@ -227,7 +228,7 @@ def test_different_revision_misses(tmp_path):
 def test_redact_threshold_scans_before_storing_and_old_raw_entries_on_read(tmp_path):
     from librachem.common.hazard import REDACTION_MARK
     from librachem.llm.cache import CallCache, cache_key, sanitize
-    from librachem.llm.client import make_client
+    from librachem.llm.factory import make_client
 
     procedure = "Add 50 mL of reagent A at 80 C and stir for 2 h. That is all."
     params = LLMParams(backend="fake", model="m", fake_script="tests.unit.test_llm_cache:_proc")

@@ -8,7 +8,8 @@ from librachem.common.config import validate_section
 from librachem.common.errors import ConfigError
 from librachem.llm.base import ChatRequest, Completion
 from librachem.llm.cache import CallCache
-from librachem.llm.client import CachedClient, make_client
+from librachem.llm.client import CachedClient
+from librachem.llm.factory import make_client
 from librachem.llm.config import LLMParams
 from librachem.llm.jsonreply import extract_json, parse_json_reply, reask_request
 from librachem.llm.pricing import load_prices

@@ -11,7 +11,7 @@ import pytest
 from librachem.common.errors import ConfigError, LLMError
 from librachem.llm.base import Completion
 from librachem.llm.budget import BudgetExceededError, prompt_token_bound
-from librachem.llm.client import make_client
+from librachem.llm.factory import make_client
 from librachem.llm.config import LLMParams
 from librachem.llm.failures import error_cause, failure_cause, summary
 from librachem.llm.pricing import load_prices

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from librachem.common.errors import ConfigError
-from librachem.llm.client import make_client
+from librachem.llm.factory import make_client
 from librachem.llm.config import LLMParams
 from librachem.llm.local import LocalClient
 from librachem.llm.models import PROVENANCE_FILE, resolve_model

@@ -12,7 +12,7 @@ import pytest
 
 from librachem.common.errors import LLMError
 from librachem.llm.aiohttp_transport import start_eagerly
-from librachem.llm.client import make_client
+from librachem.llm.factory import make_client
 from librachem.llm.config import LLMParams
 from librachem.llm.openai_backend import (RetryableError, backoff_seconds, parse_response,
                                           parse_retry_after)

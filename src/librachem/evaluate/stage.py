@@ -12,7 +12,7 @@ Flow (:func:`evaluate`):
    composed by :func:`librachem.common.adapters.load_aligned` and run in batches by
    :class:`librachem.llm.local.LocalClient` (left padding, the tokenizer's chat template with
    the generation prompt, greedy by default); baselines through the LLM layer
-   (:func:`librachem.llm.client.make_client`, cached).
+   (:func:`librachem.llm.factory.make_client`, cached).
 3. Reasoning split (:mod:`librachem.evaluate.reasoning`): judged parts are the final answer; the
    reasoning block is checked for leaks separately.
 4. Judges (:mod:`librachem.evaluate.judges`): rule tier = :mod:`librachem.common.refusal` (plus the paper's
@@ -104,7 +104,7 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     from librachem.common.chat_format import user_turn
     from librachem.common.refusal import patterns_version
     from librachem.evaluate.judges import template_versions
-    from librachem.llm.client import make_client
+    from librachem.llm.factory import make_client
 
     from librachem.common.devices import inference_placement
     from librachem.evaluate.generation import model_identity

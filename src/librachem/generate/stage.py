@@ -10,7 +10,7 @@ shards per split (:mod:`librachem.common.shards`, schema :data:`librachem.common
 with the manifest last, plus ``metrics/data.json``.
 
 Every LLM call goes through the client given (the stage passes the cached client of
-:func:`librachem.llm.client.make_client`); requests go out through
+:func:`librachem.llm.factory.make_client`); requests go out through
 :func:`librachem.llm.batching.complete_all` (one streaming pool for an API backend, chunks
 of ``chunk_size`` for the in-process one), each answer cached as it arrives, so a killed
 run keeps every finished call and a rerun replays them (no repeat call) and gives

@@ -1,7 +1,7 @@
 """``LLMParams``: the typed params block every LLM-using stage embeds.
 
 Stages put it under their own section (``generate.generator``, ``augment.rephraser``,
-``evaluate.judge`` ...) and hand it to :func:`librachem.llm.client.make_client`. Values that
+``evaluate.judge`` ...) and hand it to :func:`librachem.llm.factory.make_client`. Values that
 only govern *how* a call is made (concurrency, timeouts, retries, backoff, batch size) are not
 part of the call-cache key; values that change *what* is asked are (see
 :mod:`librachem.llm.cache`).
