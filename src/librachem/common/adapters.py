@@ -160,9 +160,32 @@ def load_sft_merged(base_dir: Path | str, sft_dir: Path | str | None = None, *,
         kwargs["quantization_config"] = quantization_config
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype or torch.float32, **kwargs)
     if sft_has_adapter(sft_dir):
-        model = apply_adapter(model, sft_dir).merge_and_unload()
+        model = merge_into_base(apply_adapter(model, sft_dir))
         log.info("merged SFT adapter %s into %s", sft_dir, base_dir)
     return model.eval()
+
+
+def merge_into_base(peft_model: Any) -> Any:
+    """``peft_model.merge_and_unload()`` that also works on ZeRO-3 partitioned weights.
+
+    Under DeepSpeed ZeRO-3 with ``zero3_init_flag`` each rank holds a slice of every base
+    weight (``deepspeed.zero.Init``), so PEFT's in-place merge fails on the empty placeholder.
+    Each LoRA layer is merged inside ``GatheredParameters(weight, modifier_rank=0)`` (PEFT's
+    ``gather_params_ctx``, a no-op without ZeRO-3): one layer's full weight at a time, rank 0's
+    merged copy re-partitioned on exit, then the LoRA wrappers are removed (``unload``). The
+    result equals ``merge_and_unload()`` bit for bit (tests/unit/test_zero3.py).
+
+    Returns:
+        The base ``PreTrainedModel`` with the adapter's deltas in its weights.
+    """
+    from peft.tuners.lora import LoraLayer
+    from peft.utils.integrations import gather_params_ctx
+
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer):
+            with gather_params_ctx(module.get_base_layer().weight, modifier_rank=0):
+                module.merge()
+    return peft_model.unload()
 
 
 def _tokenizer_dir(*dirs: Path | str | None) -> Path:

@@ -107,59 +107,6 @@ def trl_common_args(params: TrainParams, out_dir: Path, device: dict[str, Any]) 
     )
 
 
-def bnb_4bit_config() -> Any:
-    """QLoRA's quantization: NF4 weights, double quantization, bf16 compute; the embeddings
-    and the LM head are not quantized (bitsandbytes skips ``lm_head``; embeddings are not
-    linear layers) and load in bf16. The paper's official code trains on a 4-bit NF4 base too."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                              bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16,
-                              bnb_4bit_quant_storage=torch.bfloat16)
-
-
-def local_rank() -> int:
-    """This process's GPU index on its machine (0 alone; the rank under ``accelerate launch``)."""
-    from accelerate import PartialState
-
-    return PartialState().local_process_index
-
-
-def load_kwargs(params: TrainParams, device: dict[str, Any]) -> dict[str, Any]:
-    """How the base model is loaded for training (:func:`~librachem.common.adapters.load_sft_merged`).
-
-    * CPU: nothing (fp32, as the embedded default always did).
-    * GPU, ``qlora``: the stored weights quantized while loading (:func:`bnb_4bit_config`, no
-      temporary re-save), bf16 elsewhere, on this rank's own GPU (``device_map={"": local
-      rank}``: under DDP every rank on its own GPU, not all on GPU 0).
-    * GPU, ``precision: bf16``: bf16 straight from the stored weights (no fp32 copy in host
-      memory); the trainer places it (DDP / FSDP / ZeRO-3).
-    * GPU, fp32: fp32.
-    """
-    import torch
-
-    if device["device"] != "cuda":
-        return {}
-    if params.qlora:
-        return {"dtype": torch.bfloat16, "quantization_config": bnb_4bit_config(),
-                "device_map": {"": local_rank()}}
-    return {"dtype": torch.bfloat16 if device["bf16"] else torch.float32}
-
-
-def fsdp_rank_loads_nothing() -> bool:
-    """True on local ranks > 0 under FSDP with ``fsdp_cpu_ram_efficient_loading`` (the
-    packaged ``fsdp.yaml``): transformers loads the weights on local rank 0 only (the others
-    hold empty tensors and receive rank 0's at wrap time), so host memory holds about one model,
-    and only rank 0 merges the SFT adapter."""
-    import os
-
-    efficient = os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING", "").lower() in {"1", "true"}
-    fsdp = os.environ.get("ACCELERATE_USE_FSDP", "").lower() in {"1", "true"}
-    return fsdp and efficient and local_rank() > 0
-
-
 # ---------------------------------------------------------------- curves and records
 
 class LiveCurves:
@@ -347,7 +294,7 @@ def train_adapter(run: AdapterRun, params: TrainParams, table: Any, base_dir: Pa
                   is_main: bool) -> dict[str, Any]:
     """One LoRA run, the same for SFT and DPO: the train rows, the chat-formatted dataset,
     the model (base + SFT adapter merged, :func:`~librachem.common.adapters.load_sft_merged`,
-    loaded as :func:`load_kwargs` says),
+    loaded as :func:`~librachem.train.loading.load_kwargs` says),
     :func:`fit` (LoRA, template check, train) and the atomic save of the adapter folder with its
     effective config and model card.
 
@@ -375,6 +322,7 @@ def train_adapter(run: AdapterRun, params: TrainParams, table: Any, base_dir: Pa
         user_turn,
     )
     from librachem.train.data import gate_drops, read_train_rows
+    from librachem.train.loading import fsdp_rank_loads_nothing, load_kwargs, zero3_init
     from librachem.train.record import base_identity, save_adapter
 
     device = resolve_device(params)
@@ -389,8 +337,9 @@ def train_adapter(run: AdapterRun, params: TrainParams, table: Any, base_dir: Pa
                                  for r in rows])
     # bf16 / 4-bit straight from the stored weights on a GPU, fp32 on the CPU (load_kwargs);
     # under QLoRA PEFT merges the SFT adapter into the 4-bit layers (see load_sft_merged).
-    model = load_sft_merged(base_dir, None if fsdp_rank_loads_nothing() else sft_dir,
-                            **load_kwargs(params, device)).train()
+    with zero3_init():
+        model = load_sft_merged(base_dir, None if fsdp_rank_loads_nothing() else sft_dir,
+                                **load_kwargs(params, device)).train()
 
     def make_trainer(model: Any, common: dict[str, Any], peft_config: Any,
                      callbacks: list[Any]) -> Any:
