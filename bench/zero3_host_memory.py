@@ -62,10 +62,9 @@ def worker(base: str, sft: str) -> None:
     the RSS growth (MiB) and whether the weights came out partitioned."""
     import threading
 
+    import deepspeed
     import psutil
     import torch
-
-    import deepspeed
 
     deepspeed.init_distributed(dist_backend="gloo")
     from librachem.common.adapters import load_sft_merged

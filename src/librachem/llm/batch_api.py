@@ -55,7 +55,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -83,6 +82,7 @@ from librachem.llm.batch_lines import (
     split_lines,
 )
 from librachem.llm.config import LLMParams
+from librachem.llm.keys import api_key
 
 __all__ = ["BATCH_STAT_KEYS", "STATE_DIR", "BatchClient"]
 
@@ -112,12 +112,7 @@ class BatchClient:
     def __init__(self, params: LLMParams, *, state_dir: Path, max_requests: int = MAX_REQUESTS,
                  max_bytes: int = MAX_BYTES, progress: bool = True,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        key = os.environ.get(params.api_key_env, "")
-        if not key:
-            raise LLMError(
-                f"the environment variable {params.api_key_env} is not set. Export your API key "
-                f"there (`export {params.api_key_env}=...`). Keys are read only from the "
-                "environment, never from params.")
+        key = api_key(params)
         import openai
 
         self.params = params

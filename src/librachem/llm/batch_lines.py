@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from librachem.llm.base import ChatRequest, Completion
+from librachem.llm.openai_replies import chat_body  # noqa: F401 - the body a batch line carries
 
 #: Batch API input-file limits ("The file can contain up to 50,000 requests, and can be up
 #: to 200 MB in size", openai ``batches.create`` docstring).
@@ -32,21 +33,6 @@ TERMINAL = frozenset({"completed", "expired", "failed", "cancelled"})
 BATCH_STAT_KEYS = ("batches_submitted", "batches_resumed", "batches_completed",
                    "batches_expired", "batches_failed", "batches_cancelled",
                    "batch_request_errors")
-
-
-def chat_body(req: ChatRequest) -> dict[str, Any]:
-    """The chat-completions body the online ``openai`` backend posts for ``req``
-    (model, messages, temperature, top_p, max_tokens, seed, ``response_format`` for a
-    JSON schema)."""
-    body: dict[str, Any] = {"model": req.model, "messages": list(req.messages),
-                           "temperature": req.temperature, "top_p": req.top_p,
-                           "max_tokens": req.max_tokens}
-    if req.seed is not None:
-        body["seed"] = req.seed
-    if req.json_schema is not None:
-        body["response_format"] = {"type": "json_schema", "json_schema": {
-            "name": "reply", "schema": req.json_schema, "strict": False}}
-    return body
 
 
 def _canonical(obj: Any) -> bytes:

@@ -15,6 +15,21 @@ from librachem.common.errors import LLMError
 from librachem.llm.config import LLMParams
 
 
+def api_key(params: LLMParams) -> str:
+    """The key from the environment variable ``params.api_key_env`` (never from params).
+
+    Raises:
+        LLMError: the variable is unset or empty; the message says how to set it.
+    """
+    key = os.environ.get(params.api_key_env, "")
+    if not key:
+        raise LLMError(
+            f"the environment variable {params.api_key_env} is not set. Export your API key "
+            f"there (`export {params.api_key_env}=...`); for a local server without auth any "
+            "value works. Keys are read only from the environment, never from params.")
+    return key
+
+
 def missing_keys(blocks: Iterable[tuple[str, LLMParams | None]]) -> list[str]:
     """``"<where>: <VAR>"`` for each ``openai`` block whose key variable is unset or empty.
 

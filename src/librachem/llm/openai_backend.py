@@ -78,11 +78,13 @@ from librachem.llm.base import ChatRequest, Completion
 from librachem.llm.budget import BudgetExceededError
 from librachem.llm.config import LLMParams
 from librachem.llm.failures import FailureLog
+from librachem.llm.keys import api_key
 from librachem.llm.openai_replies import (  # noqa: F401 - re-exported for callers and tests
     FATAL_STATUS,
     RequestFailed,
     RetryableError,
     backoff_seconds,
+    chat_body,
     classify_error,
     parse_response,
     parse_retry_after,
@@ -111,13 +113,7 @@ class OpenAIClient:
 
     def __init__(self, params: LLMParams, *, progress: bool = True,
                  check_endpoint: bool = True) -> None:
-        key = os.environ.get(params.api_key_env, "")
-        if not key:
-            raise LLMError(
-                f"the environment variable {params.api_key_env} is not set. Export your API key "
-                f"there (`export {params.api_key_env}=...`); for a local server without auth any "
-                "value works. Keys are read only from the environment, never from params.")
-        self._key = key
+        self._key = api_key(params)
         for name in ("httpx", "httpx2"):  # one INFO line per HTTP request drowns stage logs
             if logging.getLogger(name).level == logging.NOTSET:
                 logging.getLogger(name).setLevel(logging.WARNING)
@@ -320,19 +316,12 @@ class OpenAIClient:
         import httpx2
         import openai
 
-        kwargs: dict[str, Any] = dict(model=req.model, messages=list(req.messages),
-                                      temperature=req.temperature, top_p=req.top_p,
-                                      max_tokens=req.max_tokens)
-        if req.seed is not None:
-            kwargs["seed"] = req.seed
-        if req.json_schema is not None:
-            kwargs["response_format"] = {"type": "json_schema", "json_schema": {
-                "name": "reply", "schema": req.json_schema, "strict": False}}
+        body = chat_body(req)
         limiter = self.limiter
         await limiter.acquire(tokens)
         self.attempts += 1
         try:
-            resp = await client.post("/chat/completions", body=kwargs, cast_to=httpx2.Response)
+            resp = await client.post("/chat/completions", body=body, cast_to=httpx2.Response)
             limiter.observe(resp.headers)
             data = json.loads(resp.content)
         except openai.OpenAIError as exc:

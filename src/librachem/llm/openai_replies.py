@@ -33,6 +33,21 @@ class RequestFailed(Exception):
     """A request that must not be retried; recorded as a failed completion."""
 
 
+def chat_body(req: ChatRequest) -> dict[str, Any]:
+    """The chat-completions body for ``req``, the same online (``openai`` backend) and in a
+    Batch API line: model, messages, temperature, top_p, max_tokens, seed, and
+    ``response_format`` for a JSON schema."""
+    body: dict[str, Any] = {"model": req.model, "messages": list(req.messages),
+                           "temperature": req.temperature, "top_p": req.top_p,
+                           "max_tokens": req.max_tokens}
+    if req.seed is not None:
+        body["seed"] = req.seed
+    if req.json_schema is not None:
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": "reply", "schema": req.json_schema, "strict": False}}
+    return body
+
+
 def parse_retry_after(headers: Any) -> float | None:
     """Seconds from ``retry-after-ms`` / ``Retry-After`` (delta seconds or HTTP date)."""
     if headers is None:
