@@ -244,3 +244,19 @@ def test_weakest_line_names_the_best_models_worst_groups():
     assert line.startswith("Weakest groups of **dpo**")
     assert "intent `synthesis` 0.57 (42 prompts); category `opioid` 0.73" in line
     assert "tiny" not in line and "toxin" not in line
+
+
+def test_runtime_table_says_cached_for_replayed_answers():
+    """Answers replayed from the call cache load no model and generate no token: the table
+    says "cached" instead of a 0 s load and 0 tokens/s that read as a broken run."""
+    from librachem.report.summary import runtime_table
+
+    text = runtime_table({"wall_s": 4.0, "generation": {
+        "base": {"load_s": 0.0, "generate_s": 0.02, "tokens_per_s": 0.0, "cache_hits": 106,
+                 "answers": 106},
+        "dpo": {"load_s": 3.5, "generate_s": 40.0, "tokens_per_s": 51.2, "cache_hits": 6,
+                "answers": 106}}})
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in text.splitlines() if line.startswith("| base") or line.startswith("| dpo")}
+    assert rows["base"] == ["cached", "0.0", "cached", "106/106"]
+    assert rows["dpo"] == ["3.5", "40.0", "51.2", "6/106"]

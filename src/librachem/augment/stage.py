@@ -63,8 +63,8 @@ from librachem.common.triplets import (
 from librachem.llm.base import ChatRequest, Completion
 from librachem.llm.batching import complete_all, render_key
 from librachem.llm.config import LLMParams
-from librachem.llm.models import check_model_dep
 from librachem.llm.failures import check_failure_rate
+from librachem.llm.models import check_model_dep
 
 log = logging.getLogger(__name__)
 
@@ -83,12 +83,7 @@ class AugmentParams(Section):
     illegitimate-side variant. near_dup_threshold / decontam_threshold: MinHash Jaccard
     thresholds. max_variant_drop_rate: fail above this share of dropped variants.
     model_dep: the local model folder ``dvc.yaml`` makes this stage depend on
-    (``${augment.model_dep}``): ``models/base`` (the default) when the generator is the local
-    model; with a backend that needs no local model (``openai``, ``fake``) set it to a path
-    the stage depends on anyway (``src/librachem/llm``), so ``dvc repro`` starts the stage
-    without running (or downloading) ``base_model``. DVC templating cannot drop a dep by a
-    condition; a repeated dep is allowed. The local backend with the alias needs
-    ``models/base``.
+    (``${augment.model_dep}``; :func:`~librachem.llm.models.check_model_dep` says what to set).
     max_llm_failure_rate: fail above this share of LLM calls that failed for good
     (transport errors after retries, 4xx): failed calls would otherwise only show as
     dropped variants and the stage would pass with fewer rows. chunk_size: requests per

@@ -20,6 +20,8 @@ import importlib.util
 import logging
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +140,31 @@ def convert_base_model(params: BaseModelParams, out_dir: Path) -> dict[str, Any]
     return provenance
 
 
+@contextmanager
+def _staging(out_dir: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out_dir`` to build the model folder in; removed on any error
+    (a killed run's leftovers, a whole model, are removed at the next start)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _publish(tmp: Path, out_dir: Path, provenance: dict[str, Any]) -> None:
+    """Write the provenance into the staged folder and swap it in for ``out_dir`` whole
+    (:func:`librachem.common.atomic.replace_dir`)."""
+    write_json(tmp / PROVENANCE_FILE, provenance)
+    # mkdtemp/mkstemp create owner-only modes; the folder is a shared artefact.
+    tmp.chmod(0o755)
+    for f in tmp.iterdir():
+        f.chmod(0o644)
+    replace_dir(tmp, out_dir)
+
+
 def _copy_pretrained(params: BaseModelParams, out_dir: Path) -> dict[str, Any]:
     """Fetch ``params.pretrained`` (hub id at ``params.revision``, or local folder) into
     ``out_dir`` (replaced whole) with its weights as stored (:mod:`librachem.base_model.hub`).
@@ -154,10 +181,7 @@ def _copy_pretrained(params: BaseModelParams, out_dir: Path) -> dict[str, Any]:
 
     from librachem.base_model.hub import check_folder, fetch_pretrained
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with _staging(out_dir) as tmp:
         source = fetch_pretrained(params.pretrained, params.revision, tmp)
         try:
             tokenizer = AutoTokenizer.from_pretrained(tmp)
@@ -183,14 +207,7 @@ def _copy_pretrained(params: BaseModelParams, out_dir: Path) -> dict[str, Any]:
         provenance = {"revision": revision, "pretrained": params.pretrained, **source,
                       **weights, "model_max_length": params.model_max_length,
                       "transformers": transformers.__version__, "torch": torch.__version__}
-        write_json(tmp / PROVENANCE_FILE, provenance)
-        tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _publish(tmp, out_dir, provenance)
     log.info("wrote %s from %s (%s, %d params, %s)", out_dir, params.pretrained,
              weights["dtype"], weights["n_params"], revision)
     return provenance
@@ -209,10 +226,7 @@ def _save_folder(model: Any, tokenizer: Any, out_dir: Path, provenance: dict[str
     import torch
     import transformers
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out_dir)  # a killed run's .tmp-base.* copy (a whole model) or .old-base.*
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with _staging(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if check_reload:
@@ -230,15 +244,7 @@ def _save_folder(model: Any, tokenizer: Any, out_dir: Path, provenance: dict[str
             "transformers": transformers.__version__,
             "torch": torch.__version__,
         }
-        write_json(tmp / PROVENANCE_FILE, provenance)
-        # mkdtemp/mkstemp create owner-only modes; the folder is a shared artefact.
-        tmp.chmod(0o755)
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        _publish(tmp, out_dir, provenance)
     return provenance
 
 

@@ -138,7 +138,7 @@ def generate_local(name: str, loader: ModelLoader, prompts: Sequence[dict],
     fresh = int(sum(c.completion_tokens for c in out if not c.cached))
     rec = {"load_s": timing["load_s"], "generate_s": gen_s, "completion_tokens": tokens,
            "tokens_per_s": fresh / max(gen_s, 1e-9), "cache_hits": int(stats["cache_hits"]),
-           "errors": sum(1 for c in out if not c.ok)}
+           "errors": sum(1 for c in out if not c.ok), "answers": len(out)}
     log.info("%s: %d answers (%d cached), %d tokens in %.1f s (%.1f tok/s)", name, len(out),
              rec["cache_hits"], tokens, gen_s, rec["tokens_per_s"])
     return out, rec

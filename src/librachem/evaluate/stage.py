@@ -211,7 +211,7 @@ def evaluate(params: EvaluateParams, paths: EvalPaths, *,
     runtime = {
         "wall_s": time.perf_counter() - t0,
         "generation": {name: {k: rec[k] for k in ("load_s", "generate_s", "tokens_per_s",
-                                                  "cache_hits")}
+                                                  "cache_hits", "answers")}
                        for name, rec in gen_records.items()},
         "placement": {"device": place.device, "dtype": place.dtype},
         "llm": llm_stats,

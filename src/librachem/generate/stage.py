@@ -64,8 +64,8 @@ from librachem.generate.requests import (
 from librachem.llm.base import ChatRequest, Completion
 from librachem.llm.batching import complete_all, render_key
 from librachem.llm.config import LLMParams
-from librachem.llm.models import check_model_dep
 from librachem.llm.failures import check_failure_rate
+from librachem.llm.models import check_model_dep
 
 log = logging.getLogger(__name__)
 
@@ -120,12 +120,7 @@ class GenerateParams(Section):
     max_llm_failure_rate: the stage fails above this share of LLM calls that failed for good
     (transport errors after retries, 4xx): template fallbacks must not hide a dead generator.
     model_dep: the local model folder ``dvc.yaml`` makes this stage depend on
-    (``${generate.model_dep}``): ``models/base`` (the default) when the generator is the local
-    model; with a backend that needs no local model (``openai``, ``fake``) set it to a path
-    the stage depends on anyway (``src/librachem/llm``), so ``dvc repro`` starts the stage
-    without running (or downloading) ``base_model``. DVC templating cannot drop a dep by a
-    condition; a repeated dep is allowed. The local backend with the alias needs
-    ``models/base``.
+    (``${generate.model_dep}``; :func:`~librachem.llm.models.check_model_dep` says what to set).
     """
 
     seed: int = Field(default=13, ge=0)

@@ -90,7 +90,11 @@ BASE_MODEL_DIR = "models/base"
 def check_model_dep(params: LLMParams, model_dep: str, section: str) -> None:
     """Check a stage's ``model_dep`` (the local model folder its ``dvc.yaml`` entry depends on,
     ``${<section>.model_dep}``) against its LLM block: the local backend with the alias needs
-    ``models/base``; a local folder model needs that folder.
+    ``models/base`` (the default); a local folder model needs that folder. With a backend that
+    needs no local model (``openai``, ``fake``) set it to a path the stage depends on anyway
+    (``src/librachem/llm``), so ``dvc repro`` starts the stage without running (or
+    downloading) ``base_model``: DVC templating cannot drop a dep by a condition, and a
+    repeated dep is allowed.
 
     Raises:
         ValueError: (inside a pydantic validator) the dependency would not cover the model.

@@ -145,9 +145,17 @@ def runtime_table(runtime: dict[str, Any] | None) -> str:
         return _missing("evaluation timings (metrics/eval_runtime.json)")
     from librachem.report.sections import ordered_models
 
-    rows = [[m, num(gen[m].get("load_s"), 1), num(gen[m].get("generate_s"), 1),
-             num(gen[m].get("tokens_per_s"), 1)] for m in ordered_models(gen)]
-    text = table(["model", "load (s)", "generate (s)", "tokens/s"], rows)
+    rows = []
+    for m in ordered_models(gen):
+        rec = gen[m]
+        hits, answers = rec.get("cache_hits"), rec.get("answers")
+        # answers replayed from the call cache: no model was loaded, no token was generated
+        all_cached = bool(hits) and hits == answers
+        rows.append([m, "cached" if all_cached else num(rec.get("load_s"), 1),
+                     num(rec.get("generate_s"), 1),
+                     "cached" if all_cached else num(rec.get("tokens_per_s"), 1),
+                     f"{hits}/{answers}" if answers is not None else num(hits, 0)])
+    text = table(["model", "load (s)", "generate (s)", "tokens/s", "cached answers"], rows)
     if runtime.get("wall_s") is not None:
         text += f"\n\nEvaluate wall time: {runtime['wall_s']:.0f} s."
     return text
