@@ -74,6 +74,14 @@ def test_zero3_init_does_nothing_outside_deepspeed(monkeypatch):
         assert partitioned is False
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 _CHILD = r"""
 import json, sys, torch
 import deepspeed
@@ -99,7 +107,8 @@ def test_zero3_init_partitions_while_loading_and_merges_the_sft_adapter(base_and
     env = {**os.environ, "ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
            "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true", "ACCELERATE_MIXED_PRECISION": "no",
            "DS_ACCELERATOR": "cpu", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1",
-           "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533",
+           "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port()),
            "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO), str(DEEPSPEED_DIR)]),
            "PATH": os.pathsep.join([str(DEEPSPEED_DIR / "bin"), os.environ["PATH"]])}
     proc = subprocess.run([sys.executable, "-c", _CHILD, str(root)], env=env, text=True,
