@@ -12,13 +12,14 @@ processes on this machine's CPU (DeepSpeed's CPU accelerator, gloo), as ``accele
   gathered layer at a time.
 
 The model is a random Llama written to a temp folder in bf16 (``--hidden``/``--layers``; the
-default is ~1.1 GB, 8B-shaped layers at reduced width so two ranks fit 24 GiB). Prints the
-peak growth of each rank's private memory (USS, MiB) during the load and one JSON line:
+default is ~1.2 GB, 8B-shaped layers at reduced width so two ranks fit 24 GiB). Prints the
+peak growth of each rank's private (anonymous) memory (MiB) during the load and one JSON line:
 ``model_mib`` and, per path, ``<path>_host_copies`` = (the model's files in the page cache,
 shared by all ranks, + the sum of private growth) / model size. Issue 15 asks for about one
 model, not one per rank. On DeepSpeed's CPU accelerator the partitioned path keeps the
-partitions themselves (one model in all) and DeepSpeed's buffers in host memory, where on GPUs
-they sit in GPU memory: its CPU figure is an upper bound.
+partitions themselves (one model in all) and the gathered layers in host memory, where on
+GPUs they sit in GPU memory: its CPU figure is an upper bound for the GPU case, not a
+measurement of it.
 
 Needs DeepSpeed: ``make setup`` puts it in ``.venv/deepspeed`` (or ``pip install -e '.[gpu]'``).
 Usage:
@@ -72,8 +73,15 @@ def worker(base: str, sft: str) -> None:
 
     proc, peak, done = psutil.Process(), [0], threading.Event()
 
-    def private() -> int:  # USS: pages only this rank holds (not the shared page cache)
-        return proc.memory_full_info().uss
+    def private() -> int:
+        """Anonymous memory (bytes): what this rank allocated itself. Mapped checkpoint pages
+        are page cache, counted once for all ranks (USS would count a file page as private
+        when only one rank maps it)."""
+        with open(f"/proc/{proc.pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Anonymous:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no Anonymous: line in smaps_rollup")
 
     def sample() -> None:  # peak during the load (ru_maxrss would also count the imports)
         while not done.is_set():
@@ -115,8 +123,9 @@ def build(folder: Path, hidden: int, layers: int) -> tuple[Path, Path, float]:
     model.save_pretrained(base, max_shard_size="200MB")
     tiny_tokenizer().save_pretrained(base)
     size_mib = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    peft = get_peft_model(model, LoraConfig(r=16, lora_alpha=32,
-                                            target_modules=["q_proj", "v_proj"]))
+    # the LoRA targets of params.yaml and the paper profile: every projection
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
     for name, param in peft.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.01)
@@ -129,17 +138,22 @@ def run(ranks: int, base: Path, sft: Path, init: bool) -> list[dict]:
     procs = []
     for rank in range(ranks):
         env = {**os.environ, **zero3_env(rank, ranks, port, init),
-               "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(DEEPSPEED_DIR),
-                                              os.environ.get("PYTHONPATH", "")]),
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), str(DEEPSPEED_DIR),
+                                                           os.environ.get("PYTHONPATH")])),
                "PATH": os.pathsep.join([str(DEEPSPEED_DIR / "bin"), os.environ["PATH"]])}
         procs.append(subprocess.Popen([sys.executable, __file__, "--worker", str(base), str(sft)],
                                       env=env, stdout=subprocess.PIPE, text=True))
     out = []
-    for proc in procs:
-        stdout, _ = proc.communicate(timeout=900)
-        if proc.returncode != 0:
-            raise SystemExit(f"a rank failed (exit {proc.returncode}); see its stderr above")
-        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    try:
+        for proc in procs:
+            stdout, _ = proc.communicate(timeout=900)
+            if proc.returncode != 0:
+                raise SystemExit(f"a rank failed (exit {proc.returncode}); see its stderr above")
+            out.append(json.loads(stdout.strip().splitlines()[-1]))
+    finally:
+        for proc in procs:  # a failed rank leaves the others waiting in a gloo barrier
+            if proc.poll() is None:
+                proc.kill()
     return out
 
 
@@ -160,7 +174,7 @@ def main() -> None:
             rows = run(args.ranks, base, sft, init)
             assert all(r["partitioned"] == init for r in rows), rows
             growth = [r["private_growth_mib"] for r in rows]
-            print(f"{name:12s} private memory growth per rank (MiB, USS): {growth}")
+            print(f"{name:12s} private (anonymous) memory growth per rank (MiB): {growth}")
             # every rank maps the same safetensors files: the page cache holds them once
             result[f"{name}_host_copies"] = round((size_mib + sum(growth)) / size_mib, 2)
     print(f"model {size_mib:.0f} MiB bf16, {args.ranks} ranks; host memory in model copies "

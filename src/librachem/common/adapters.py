@@ -166,24 +166,36 @@ def load_sft_merged(base_dir: Path | str, sft_dir: Path | str | None = None, *,
 
 
 def merge_into_base(peft_model: Any) -> Any:
-    """``peft_model.merge_and_unload()`` that also works on ZeRO-3 partitioned weights.
+    """``peft_model.merge_and_unload()``, also on DeepSpeed ZeRO-3 partitioned weights.
 
-    Under DeepSpeed ZeRO-3 with ``zero3_init_flag`` each rank holds a slice of every base
-    weight (``deepspeed.zero.Init``), so PEFT's in-place merge fails on the empty placeholder.
-    Each LoRA layer is merged inside ``GatheredParameters(weight, modifier_rank=0)`` (PEFT's
-    ``gather_params_ctx``, a no-op without ZeRO-3): one layer's full weight at a time, rank 0's
-    merged copy re-partitioned on exit, then the LoRA wrappers are removed (``unload``). The
-    result equals ``merge_and_unload()`` bit for bit (tests/unit/test_zero3.py).
+    Without ZeRO-3 this is PEFT's ``merge_and_unload()`` itself. Under ZeRO-3 with
+    ``zero3_init_flag`` each rank holds a slice of every base weight (``deepspeed.zero.Init``)
+    and PEFT's in-place merge fails on the empty placeholder, so each LoRA layer is merged
+    inside ``GatheredParameters(<its base layer's parameters>, modifier_rank=0)`` (PEFT's
+    ``gather_params_ctx``): one layer's full weights at a time, rank 0's merged copy
+    re-partitioned on exit; then the LoRA wrappers are removed (``unload``). The result equals
+    ``merge_and_unload()`` bit for bit (tests/unit/test_zero3.py).
 
     Returns:
         The base ``PreTrainedModel`` with the adapter's deltas in its weights.
+
+    Raises:
+        TrainingError: under ZeRO-3, an adapter with more than LoRA layers
+            (``modules_to_save``, trainable tokens), which ``unload`` would drop.
     """
     from peft.tuners.lora import LoraLayer
-    from peft.utils.integrations import gather_params_ctx
+    from peft.utils.integrations import check_deepspeed_zero3_enabled, gather_params_ctx
+    from peft.utils.other import AuxiliaryTrainingWrapper
 
+    if not check_deepspeed_zero3_enabled():
+        return peft_model.merge_and_unload()
+    if any(isinstance(m, AuxiliaryTrainingWrapper) for m in peft_model.modules()):
+        raise TrainingError("the SFT adapter trains modules_to_save or token rows: merging it "
+                            "under ZeRO-3 is not supported; use FSDP or one GPU")
+    peft_model.base_model._check_merge_allowed()
     for module in peft_model.modules():
         if isinstance(module, LoraLayer):
-            with gather_params_ctx(module.get_base_layer().weight, modifier_rank=0):
+            with gather_params_ctx(list(module.get_base_layer().parameters()), modifier_rank=0):
                 module.merge()
     return peft_model.unload()
 

@@ -65,18 +65,24 @@ def fsdp_rank_loads_nothing() -> bool:
 
 
 @contextmanager
-def zero3_init() -> Iterator[bool]:
+def zero3_init(mixed_precision: str | None = None) -> Iterator[bool]:
     """Load the model partitioned under DeepSpeed ZeRO-3 (``zero3_init_flag: true``, the
     packaged ``zero3.yaml``); yields whether it does.
 
-    transformers partitions weights while loading (``deepspeed.zero.Init``; rank 0 reads the
-    checkpoint one shard at a time) only while an ``HfDeepSpeedConfig`` is alive, which the
-    trainer's config creates too late (after the stage has loaded the model). This context
-    keeps accelerate's ``DeepSpeedPlugin`` (read from the ``ACCELERATE_*`` variables that
-    ``accelerate launch`` sets) alive over the load and the SFT merge
-    (:func:`~librachem.common.adapters.merge_into_base` gathers one layer at a time), so host
-    memory holds about one model shard, not one bf16 copy per rank. Elsewhere it does nothing.
-    Source: transformers "DeepSpeed: ZeRO-3 and from_pretrained" (non-Trainer integration).
+    transformers partitions weights while loading (``deepspeed.zero.Init``: each rank builds
+    only its slice; rank 0 reads the checkpoint's values, the other ranks none) only while an
+    ``HfDeepSpeedConfig`` is registered, which the trainer's config does too late (after the
+    stage has loaded the model). This context registers accelerate's ``DeepSpeedPlugin`` (read
+    from the ``ACCELERATE_*`` variables that ``accelerate launch`` sets) over the load and the
+    SFT merge (:func:`~librachem.common.adapters.merge_into_base` gathers one layer at a time),
+    as ``TrainingArguments`` does, then restores whatever was registered before. Elsewhere it
+    does nothing. Source: transformers ``integrations/deepspeed.py`` (``HfDeepSpeedConfig``,
+    "ZeRO-3 and non-Trainer integration") and ``TrainingArguments``' DeepSpeed setup.
+
+    Args:
+        mixed_precision: ``"bf16"`` / ``"fp16"`` / ``"no"``, the dtype the partitions are
+            created in (the stage's ``precision``, as the trainer will use); None reads
+            ``ACCELERATE_MIXED_PRECISION``. Without it ``zero.Init`` partitions in fp32.
     """
     import os
 
@@ -84,15 +90,17 @@ def zero3_init() -> Iterator[bool]:
         yield False
         return
     from accelerate.utils import DeepSpeedPlugin
+    from transformers.integrations import deepspeed as hf_deepspeed
 
     plugin = DeepSpeedPlugin()
     if not plugin.zero3_init_flag:
         yield False
         return
-    # as TrainingArguments does: without it zero.Init partitions in fp32 (twice bf16's memory)
-    plugin.set_mixed_precision(os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
-    plugin.set_deepspeed_weakref()  # held by plugin.dschf for the duration of the block
+    previous = hf_deepspeed._hf_deepspeed_config_weak_ref
+    plugin.set_mixed_precision(mixed_precision
+                               or os.environ.get("ACCELERATE_MIXED_PRECISION", "no"))
+    plugin.set_deepspeed_weakref()  # registered while plugin.dschf lives
     try:
         yield True
     finally:
-        del plugin
+        hf_deepspeed._hf_deepspeed_config_weak_ref = previous

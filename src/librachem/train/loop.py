@@ -337,7 +337,7 @@ def train_adapter(run: AdapterRun, params: TrainParams, table: Any, base_dir: Pa
                                  for r in rows])
     # bf16 / 4-bit straight from the stored weights on a GPU, fp32 on the CPU (load_kwargs);
     # under QLoRA PEFT merges the SFT adapter into the 4-bit layers (see load_sft_merged).
-    with zero3_init():
+    with zero3_init("bf16" if device.get("bf16") else None):
         model = load_sft_merged(base_dir, None if fsdp_rank_loads_nothing() else sft_dir,
                                 **load_kwargs(params, device)).train()
 
