@@ -47,12 +47,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def zero3_env(rank: int, world: int, port: int, init: bool) -> dict[str, str]:
-    """The variables ``accelerate launch`` sets for a DeepSpeed ZeRO-3 run, on DeepSpeed's CPU
-    accelerator (gloo)."""
+def zero3_env(rank: int, world: int, port: int, init: bool,
+              accelerator: str = "cpu") -> dict[str, str]:
+    """The variables ``accelerate launch`` sets for a DeepSpeed ZeRO-3 run, on DeepSpeed's
+    ``accelerator`` (``cpu``: gloo; ``cuda``: one GPU per rank, nccl)."""
     return {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3",
             "ACCELERATE_DEEPSPEED_ZERO3_INIT": "true" if init else "false",
-            "ACCELERATE_MIXED_PRECISION": "bf16", "DS_ACCELERATOR": "cpu",
+            "ACCELERATE_MIXED_PRECISION": "bf16", "DS_ACCELERATOR": accelerator,
             "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
             "LOCAL_WORLD_SIZE": str(world), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
             "OMP_NUM_THREADS": "1"}
@@ -67,7 +68,10 @@ def worker(base: str, sft: str) -> None:
     import psutil
     import torch
 
-    deepspeed.init_distributed(dist_backend="gloo")
+    cuda = os.environ.get("DS_ACCELERATOR") == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
     from librachem.common.adapters import load_sft_merged
     from librachem.train.loading import zero3_init
 
@@ -101,7 +105,9 @@ def worker(base: str, sft: str) -> None:
     torch.distributed.barrier()
     print(json.dumps({"rank": torch.distributed.get_rank(), "zero3_init": partitioned,
                       "partitioned": hasattr(weight, "ds_id") and weight.numel() == 0,
-                      "private_growth_mib": round((peak[0] - before) / 2**20, 1)}), flush=True)
+                      "private_growth_mib": round((peak[0] - before) / 2**20, 1),
+                      "gpu_peak_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                      if cuda else None}), flush=True)
 
 
 def build(folder: Path, hidden: int, layers: int) -> tuple[Path, Path, float]:
@@ -133,11 +139,11 @@ def build(folder: Path, hidden: int, layers: int) -> tuple[Path, Path, float]:
     return base, sft, size_mib
 
 
-def run(ranks: int, base: Path, sft: Path, init: bool) -> list[dict]:
+def run(ranks: int, base: Path, sft: Path, init: bool, accelerator: str = "cpu") -> list[dict]:
     port = _free_port()
     procs = []
     for rank in range(ranks):
-        env = {**os.environ, **zero3_env(rank, ranks, port, init),
+        env = {**os.environ, **zero3_env(rank, ranks, port, init, accelerator),
                "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), str(DEEPSPEED_DIR),
                                                            os.environ.get("PYTHONPATH")])),
                "PATH": os.pathsep.join([str(DEEPSPEED_DIR / "bin"), os.environ["PATH"]])}
@@ -162,6 +168,9 @@ def main() -> None:
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--accelerator", choices=["cpu", "cuda"], default="cpu",
+                    help="cuda: one GPU per rank; the partitions and gathers then live in GPU "
+                         "memory and the host figure is the one issue 15 asks about")
     ap.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -169,19 +178,25 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         base, sft, size_mib = build(Path(tmp), args.hidden, args.layers)
-        result: dict = {"model_mib": round(size_mib, 1), "ranks": args.ranks}
+        result: dict = {"model_mib": round(size_mib, 1), "ranks": args.ranks,
+                        "accelerator": args.accelerator}
         for name, init in (("full", False), ("partitioned", True)):
-            rows = run(args.ranks, base, sft, init)
+            rows = run(args.ranks, base, sft, init, args.accelerator)
             assert all(r["partitioned"] == init for r in rows), rows
             growth = [r["private_growth_mib"] for r in rows]
             print(f"{name:12s} private (anonymous) memory growth per rank (MiB): {growth}")
             # every rank maps the same safetensors files: the page cache holds them once
             result[f"{name}_host_copies"] = round((size_mib + sum(growth)) / size_mib, 2)
-    print(f"model {size_mib:.0f} MiB bf16, {args.ranks} ranks; host memory in model copies "
-          f"(page cache once + private per rank): zero3_init_flag false "
-          f"{result['full_host_copies']}, true {result['partitioned_host_copies']} (on the CPU "
-          "accelerator the partitions themselves live in host memory; on GPUs they do not)")
+            result[f"{name}_private_mib"] = growth
+            if args.accelerator == "cuda":
+                result[f"{name}_gpu_peak_mib"] = [r["gpu_peak_mib"] for r in rows]
+    where = ("on the CPU accelerator the partitions themselves live in host memory"
+             if args.accelerator == "cpu" else "partitions and gathers in GPU memory")
+    print(f"model {size_mib:.0f} MiB bf16, {args.ranks} ranks ({args.accelerator}); host memory "
+          f"in model copies (page cache once + private per rank): zero3_init_flag false "
+          f"{result['full_host_copies']}, true {result['partitioned_host_copies']} ({where})")
     print(json.dumps(result))
+
 
 if __name__ == "__main__":
     main()
